@@ -1,0 +1,228 @@
+//! `strata`: the command-line front end of the Strata memory manager.
+//!
+//! This is the only crate of the workspace that prints. Results go to stdout,
+//! progress lines and errors to stderr; a failure exits non-zero.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata_bench::{BenchOptions, BenchResult, SuiteReport};
+
+/// Strata: a memory manager for tensor workloads that do not fit in RAM.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a benchmark suite; every figure is verified and compared with a
+    /// baseline measured in the same run.
+    Bench {
+        /// Suite to run (known: bitmap).
+        suite: String,
+        /// Fewer iterations: seconds instead of minutes, noisier figures.
+        #[arg(long)]
+        quick: bool,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the end-to-end demo on generated data, with no setup.
+    Demo {
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Shown by `strata demo` until the out-of-core engine exists.
+const DEMO_PLACEHOLDER: &str = "strata demo: the out-of-core engine has not landed yet; \
+                                running the bitmap benchmark in quick mode";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench { suite, quick, json } => bench(&suite, quick, json),
+        Command::Demo { json } => {
+            eprintln!("{DEMO_PLACEHOLDER}");
+            bench("bitmap", true, json)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("strata: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `suite` and prints its report to stdout.
+fn bench(suite: &str, quick: bool, json: bool) -> Result<(), String> {
+    let options = BenchOptions { quick };
+    let mut progress = |line: &str| eprintln!("  .. {line}");
+    let report =
+        strata_bench::run_suite(suite, &options, &mut progress).map_err(|e| e.to_string())?;
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        text.push('\n');
+        text
+    } else {
+        render_table(&report)
+    };
+    io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("writing the report: {e}"))
+}
+
+/// Column headers of the table.
+const HEADERS: [&str; 7] = [
+    "name",
+    "metric",
+    "value",
+    "unit",
+    "baseline",
+    "baseline value",
+    "ratio",
+];
+/// Spaces between table columns.
+const COLUMN_GAP_CHARS: usize = 2;
+
+/// The report as an aligned text table followed by its notes.
+fn render_table(report: &SuiteReport) -> String {
+    let rows: Vec<[String; 7]> = report.results.iter().map(table_row).collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    // Text columns align left, numbers right.
+    let right_aligned = [false, false, true, false, false, true, true];
+    let mut out = format!("suite: {}\n\n", report.suite);
+    let headers = HEADERS.map(str::to_owned);
+    for row in std::iter::once(&headers).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str(&" ".repeat(COLUMN_GAP_CHARS));
+            }
+            let pad = " ".repeat(widths[i] - cell.chars().count());
+            if right_aligned[i] {
+                line.push_str(&pad);
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&pad);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if !report.notes.is_empty() {
+        out.push_str("\nnotes:\n");
+        for note in &report.notes {
+            out.push_str("- ");
+            out.push_str(note);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn table_row(result: &BenchResult) -> [String; 7] {
+    let missing = || "-".to_owned();
+    [
+        result.name.clone(),
+        result.metric.clone(),
+        format_value(result.value),
+        result.unit.clone(),
+        result.baseline.clone().unwrap_or_else(missing),
+        result.baseline_value.map_or_else(missing, format_value),
+        result.ratio.map_or_else(missing, format_ratio),
+    ]
+}
+
+/// Three significant digits for small values, whole numbers for large ones.
+fn format_value(value: f64) -> String {
+    if !value.is_finite() {
+        format!("{value}")
+    } else if value.abs() >= 1000.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 100.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// Significant digits shown for a ratio.
+const RATIO_SIGNIFICANT_DIGITS: i32 = 3;
+
+/// A ratio with three significant digits but at least three decimals, so
+/// that both `0.000216` and `1.250` stay readable.
+fn format_ratio(ratio: f64) -> String {
+    if !ratio.is_finite() || ratio == 0.0 {
+        return format!("{ratio}");
+    }
+    let magnitude = ratio.abs().log10().floor() as i32;
+    let decimals =
+        (RATIO_SIGNIFICANT_DIGITS - 1 - magnitude).max(RATIO_SIGNIFICANT_DIGITS) as usize;
+    format!("{ratio:.decimals$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_aligned() {
+        let base = BenchResult::new("flat", "median", 2000.0, "ns");
+        let row = BenchResult::new("a longer name", "median", 12.5, "ns").against(&base);
+        let report = SuiteReport {
+            suite: "bitmap".into(),
+            results: vec![row, base],
+            notes: vec!["a note".into()],
+        };
+        let table = render_table(&report);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "suite: bitmap");
+        let header = lines[2];
+        let first = lines[3];
+        // The value column ends at the same place on every line.
+        let value_end = header.find("value").unwrap() + "value".len();
+        assert_eq!(&first[value_end - "12.50".len()..value_end], "12.50");
+        assert!(first.ends_with("0.00625"), "{first}");
+        assert!(lines[4].ends_with('-'), "{}", lines[4]);
+        assert!(table.contains("- a note"));
+    }
+
+    #[test]
+    fn values_are_formatted_by_size() {
+        assert_eq!(format_value(1.23456), "1.23");
+        assert_eq!(format_value(123.456), "123.5");
+        assert_eq!(format_value(12_345_678.9), "12345679");
+        assert_eq!(format_value(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn ratios_keep_three_significant_digits() {
+        assert_eq!(format_ratio(0.000_216_04), "0.000216");
+        assert_eq!(format_ratio(0.0625), "0.0625");
+        assert_eq!(format_ratio(0.25), "0.250");
+        assert_eq!(format_ratio(1.25), "1.250");
+        assert_eq!(format_ratio(37.5), "37.500");
+        assert_eq!(format_ratio(0.0), "0");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

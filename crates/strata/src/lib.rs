@@ -1,0 +1,37 @@
+//! Strata: a memory manager for tensor workloads that do not fit in RAM.
+//!
+//! This facade re-exports the public API of Strata's layers so that one
+//! dependency is enough. Each layer is also usable on its own through its
+//! crate; today that is the block allocator, [`bitmap`] (`strata-bitmap`):
+//! O(1) block and extent allocation over a hierarchical bitmap, with an
+//! allocation cache and reserved ranges.
+//!
+//! # Example
+//!
+//! ```
+//! use strata::{BitmapError, BlockBitmap, Extent};
+//!
+//! # fn main() -> Result<(), BitmapError> {
+//! let mut bitmap = BlockBitmap::new(1 << 16)?;
+//! // Keep the first 64 blocks for metadata: they are never handed out.
+//! bitmap.reserve(0..64)?;
+//!
+//! let block = bitmap.alloc().expect("the bitmap is nearly empty");
+//! assert!(block.0 >= 64);
+//! let extent: Extent = bitmap.alloc_extent(8).expect("room for 8 blocks");
+//! assert_eq!(extent.len, 8);
+//!
+//! bitmap.free(block)?;
+//! // A double free is an error value, never silent.
+//! assert!(bitmap.free(block).is_err());
+//! bitmap.free_extent(extent)?;
+//!
+//! let stats = bitmap.stats();
+//! assert_eq!(stats.allocated_blocks, 0);
+//! assert_eq!(stats.free_blocks + stats.reserved_blocks, stats.capacity_blocks);
+//! # Ok(())
+//! # }
+//! ```
+
+pub use strata_bitmap as bitmap;
+pub use strata_bitmap::{BitmapError, BitmapStats, Block, BlockBitmap, Extent, SharedBitmap};
