@@ -454,41 +454,95 @@ fn pair_benchmarks(
     report: &mut SuiteReport,
 ) -> Result<(), BenchError> {
     for occupancy in PAIR_OCCUPANCIES {
-        let mut rows = Vec::new();
+        let mut pair_rows = Vec::new();
+        let mut churn_rows = Vec::new();
         for variant in [PairVariant::Bitmap, PairVariant::Cache, PairVariant::Flat] {
-            let name = format!("alloc+free 2^20 @{} {}", occupancy.label, variant.label());
-            progress(&format!("{SUITE}: {name}"));
-            let ns = pair_benchmark(&name, variant, occupancy, budget)?;
-            rows.push(BenchResult::new(name, METRIC_MEDIAN, ns, UNIT_NS));
+            let pair_name = format!(
+                "alloc+free pair 2^20 @{} {}",
+                occupancy.label,
+                variant.label()
+            );
+            let churn_name = format!(
+                "alloc+free churn 2^20 @{} {}",
+                occupancy.label,
+                variant.label()
+            );
+            progress(&format!("{SUITE}: {pair_name}; {churn_name}"));
+            let (pair_ns, churn_ns) = pair_benchmark(&churn_name, variant, occupancy, budget)?;
+            pair_rows.push(BenchResult::new(pair_name, METRIC_MEDIAN, pair_ns, UNIT_NS));
+            churn_rows.push(BenchResult::new(
+                churn_name,
+                METRIC_MEDIAN,
+                churn_ns,
+                UNIT_NS,
+            ));
         }
-        let flat = rows.pop().expect("three rows");
-        report
-            .results
-            .extend(rows.into_iter().map(|row| row.against(&flat)));
-        report.results.push(flat);
+        for mut rows in [pair_rows, churn_rows] {
+            let flat = rows.pop().expect("three rows");
+            report
+                .results
+                .extend(rows.into_iter().map(|row| row.against(&flat)));
+            report.results.push(flat);
+        }
     }
     report.notes.push(format!(
         "alloc+free rows: 2^20 blocks filled, then a seeded-random subset freed (the same \
-         subset for every allocator) so free blocks are scattered. Each batch first draws \
-         {PAIRS_PER_BATCH} distinct random held blocks (untimed), then times with one Instant \
-         pair {PAIRS_PER_BATCH} pairs of (alloc one block, free the next drawn block), so \
-         occupancy stays fixed; the timed loop touches only two sequential arrays. Hand-outs \
-         are checked against a held-block bit set after each batch (untimed), replayed in \
-         order. value = median ns/pair over {} batches ({} for flat first-fit) after {} \
-         warm-up batches",
+         subset for every allocator) so free blocks are scattered. \"pair\" rows: each pair \
+         allocates one block and frees that same block, so occupancy and layout stay fixed and \
+         the figure is the cost of finding a free block at that occupancy (next-fit for \
+         BlockBitmap, so the cursor sweeps the free blocks; first-fit for the flat baseline, \
+         which therefore keeps reusing the first free block). \"churn\" rows: each batch first \
+         draws {PAIRS_PER_BATCH} distinct random held blocks (untimed), then times \
+         {PAIRS_PER_BATCH} pairs of (alloc one block, free the next drawn block), so free \
+         blocks move around at random. Both time {PAIRS_PER_BATCH} pairs per Instant pair and \
+         check every hand-out against a held-block bit set after each batch (untimed). \
+         value = median ns/pair over {} batches ({} for flat first-fit) after {} warm-up batches",
         budget.pair_batches_strata, budget.pair_batches_flat, budget.pair_warmup_batches
     ));
     Ok(())
 }
 
-/// Sets up one allocator at `occupancy`, runs the pair loop, verifies, and
-/// returns the median ns per pair.
+/// Timed immediate pairs: each allocates one block and frees it again.
+/// The held set does not change; every hand-out is checked against it
+/// after its batch (untimed). Returns ns per pair, one sample per batch.
+fn run_immediate_pairs<A: PairAllocator>(
+    allocator: &mut A,
+    held_set: &HeldSet,
+    warmup: usize,
+    batches: usize,
+) -> Result<Vec<f64>, String> {
+    let mut fresh = vec![0u64; PAIRS_PER_BATCH];
+    let mut ns_per_pair = Vec::with_capacity(batches);
+    for index in 0..warmup + batches {
+        let start = Instant::now();
+        for slot in fresh.iter_mut() {
+            let Some(block) = allocator.alloc_block() else {
+                return Err("alloc returned None at a fixed occupancy below 100%".into());
+            };
+            *slot = black_box(block);
+            allocator
+                .free_block(block)
+                .map_err(|e| format!("freeing just-allocated block {block} failed: {e}"))?;
+        }
+        let elapsed = start.elapsed();
+        if let Some(&block) = fresh.iter().find(|&&b| held_set.contains(b)) {
+            return Err(format!("block {block} handed out while already held"));
+        }
+        if index >= warmup {
+            ns_per_pair.push(elapsed.as_nanos() as f64 / PAIRS_PER_BATCH as f64);
+        }
+    }
+    Ok(ns_per_pair)
+}
+
+/// Sets up one allocator at `occupancy`, runs the immediate-pair loop and
+/// then the churn loop, verifies, and returns the median ns per pair of each.
 fn pair_benchmark(
     name: &str,
     variant: PairVariant,
     occupancy: Occupancy,
     budget: &Budget,
-) -> Result<f64, BenchError> {
+) -> Result<(f64, f64), BenchError> {
     let capacity = PAIR_CAPACITY_BLOCKS;
     let free_target = capacity - occupancy.allocated_blocks(capacity);
     let setup = |detail: String| BenchError::Setup {
@@ -520,6 +574,9 @@ fn pair_benchmark(
             }
             scatter_free(&mut flat, &mut held, &mut held_set, free_target, &mut rng)
                 .map_err(setup)?;
+            let immediate =
+                run_immediate_pairs(&mut flat, &held_set, budget.pair_warmup_batches, batches)
+                    .map_err(verification)?;
             let run = run_pairs(
                 &mut flat,
                 &mut held,
@@ -537,15 +594,17 @@ fn pair_benchmark(
                 capacity - free_target,
             )?;
             verify_single_blocks(name, &mut flat, &held, &held_set, capacity)?;
-            run
+            (immediate, run)
         }
         PairVariant::Bitmap | PairVariant::Cache => {
             let mut bitmap = BlockBitmap::new(capacity).map_err(|e| setup(e.to_string()))?;
             let mut held = fill_single(&mut bitmap, capacity, &mut held_set).map_err(setup)?;
             scatter_free(&mut bitmap, &mut held, &mut held_set, free_target, &mut rng)
                 .map_err(setup)?;
-            let run = if variant == PairVariant::Cache {
+            let (immediate, run) = if variant == PairVariant::Cache {
                 let mut cache = bitmap.cache();
+                let immediate =
+                    run_immediate_pairs(&mut cache, &held_set, budget.pair_warmup_batches, batches);
                 let run = run_pairs(
                     &mut cache,
                     &mut held,
@@ -556,18 +615,25 @@ fn pair_benchmark(
                 );
                 // Dropping the cache returns its cached blocks to the bitmap.
                 drop(cache);
-                run
+                (immediate, run)
             } else {
-                run_pairs(
+                let immediate = run_immediate_pairs(
+                    &mut bitmap,
+                    &held_set,
+                    budget.pair_warmup_batches,
+                    batches,
+                );
+                let run = run_pairs(
                     &mut bitmap,
                     &mut held,
                     &mut held_set,
                     &mut rng,
                     budget.pair_warmup_batches,
                     batches,
-                )
-            }
-            .map_err(verification)?;
+                );
+                (immediate, run)
+            };
+            let (immediate, run) = (immediate.map_err(verification)?, run.map_err(verification)?);
             check_pair_counts(
                 name,
                 &run,
@@ -576,10 +642,13 @@ fn pair_benchmark(
                 capacity - free_target,
             )?;
             verify_single_blocks(name, &mut bitmap, &held, &held_set, capacity)?;
-            run
+            (immediate, run)
         }
     };
-    median(&run.ns_per_pair).ok_or_else(|| setup("no timed batches".into()))
+    let (immediate, run) = run;
+    let immediate = median(&immediate).ok_or_else(|| setup("no timed batches".into()))?;
+    let churn = median(&run.ns_per_pair).ok_or_else(|| setup("no timed batches".into()))?;
+    Ok((immediate, churn))
 }
 
 /// Allocates every block of an empty Strata bitmap one at a time.
@@ -769,6 +838,8 @@ struct ExtentRun {
     allocs: u64,
     /// Extents freed (warm-up included).
     frees: u64,
+    /// Indices (warm-up included) of the calls that returned `None`.
+    failed_calls: Vec<usize>,
 }
 
 fn extent_benchmarks(
@@ -839,6 +910,63 @@ fn extent_benchmarks(
     let mut flat_held = held.clone();
     let mut flat_held_set = held_set.clone();
 
+    // Immediate extent pairs on the identical layout, before any churn.
+    let pair_seed = SEED ^ (EXTENT_CAPACITY_BLOCKS + 2);
+    let pair_strata_name = format!(
+        "extent pair {EXTENT_LEN_BLOCKS_MIN}..={EXTENT_LEN_BLOCKS_MAX} 2^24 @{} BlockBitmap",
+        EXTENT_OCCUPANCY.label
+    );
+    let pair_flat_name = format!(
+        "extent pair {EXTENT_LEN_BLOCKS_MIN}..={EXTENT_LEN_BLOCKS_MAX} 2^24 @{} flat first-fit",
+        EXTENT_OCCUPANCY.label
+    );
+    progress(&format!("{SUITE}: {pair_strata_name}"));
+    let pair_strata = run_extent_pairs(
+        &mut bitmap,
+        &held_set,
+        &mut SmallRng::seed_from_u64(pair_seed),
+        budget.extent_warmup_calls,
+        budget.extent_calls_strata,
+    )
+    .map_err(|detail| BenchError::Verification {
+        bench: pair_strata_name.clone(),
+        detail,
+    })?;
+    progress(&format!("{SUITE}: {pair_flat_name}"));
+    let pair_flat = run_extent_pairs(
+        &mut flat,
+        &flat_held_set,
+        &mut SmallRng::seed_from_u64(pair_seed),
+        budget.extent_warmup_calls.min(budget.extent_calls_flat),
+        budget.extent_calls_flat,
+    )
+    .map_err(|detail| BenchError::Verification {
+        bench: pair_flat_name.clone(),
+        detail,
+    })?;
+
+    // Same layout, same lengths: a run exists for one allocator iff it
+    // exists for the other, so their failures must agree call for call.
+    let common_calls =
+        budget.extent_warmup_calls.min(budget.extent_calls_flat) + budget.extent_calls_flat;
+    let strata_failed: Vec<usize> = pair_strata
+        .failed_calls
+        .iter()
+        .copied()
+        .filter(|&c| c < common_calls)
+        .collect();
+    if strata_failed != pair_flat.failed_calls {
+        return Err(BenchError::Verification {
+            bench: pair_strata_name.clone(),
+            detail: format!(
+                "over the first {common_calls} calls BlockBitmap found no run at calls {:?}, \
+                 the flat first-fit scan at calls {:?}",
+                &strata_failed[..strata_failed.len().min(8)],
+                &pair_flat.failed_calls[..pair_flat.failed_calls.len().min(8)]
+            ),
+        });
+    }
+
     progress(&format!("{SUITE}: {strata_name}"));
     let steady_seed = SEED ^ (EXTENT_CAPACITY_BLOCKS + 1);
     let strata_run = run_extents(
@@ -907,6 +1035,14 @@ fn extent_benchmarks(
             ),
         ])
     };
+    let [pair_flat_median, pair_flat_p99] = rows_of(&pair_flat_name, &pair_flat)?;
+    let [pair_strata_median, pair_strata_p99] = rows_of(&pair_strata_name, &pair_strata)?;
+    report
+        .results
+        .push(pair_strata_median.against(&pair_flat_median));
+    report.results.push(pair_strata_p99.against(&pair_flat_p99));
+    report.results.push(pair_flat_median);
+    report.results.push(pair_flat_p99);
     let [flat_median, flat_p99] = rows_of(&flat_name, &flat_run)?;
     let [strata_median, strata_p99] = rows_of(&strata_name, &strata_run)?;
     report.results.push(strata_median.against(&flat_median));
@@ -923,6 +1059,17 @@ fn extent_benchmarks(
         .results
         .push(BenchResult::new(timer_name, METRIC_P99, timer_p99, UNIT_NS));
 
+    report.notes.push(format!(
+        "extent pair rows: on the starting layout below, each call is alloc_extent(random \
+         length) then free_extent of that same extent, so the layout stays fixed and the figure \
+         is the cost of finding a run of that length at 95% occupancy. A None means no free run \
+         is long enough anywhere (checked against the layout, which does not change): \
+         BlockBitmap {} of {} timed calls, flat first-fit {} of {}",
+        pair_strata.timed_failures,
+        pair_strata.call_ns.len(),
+        pair_flat.timed_failures,
+        pair_flat.call_ns.len()
+    ));
     let percent = |blocks: u64| blocks as f64 * 100.0 / capacity as f64;
     report.notes.push(format!(
         "extent rows: 2^24 blocks filled with random {EXTENT_LEN_BLOCKS_MIN}..={EXTENT_LEN_BLOCKS_MAX}-block \
@@ -954,6 +1101,63 @@ fn extent_benchmarks(
     Ok(())
 }
 
+/// Immediate extent pairs: `alloc_extent(len)` (timed on its own), then
+/// `free_extent` of the same extent (untimed). Hand-outs are checked
+/// against the unchanging held set.
+fn run_extent_pairs<A: ExtentAllocator>(
+    allocator: &mut A,
+    held_set: &HeldSet,
+    rng: &mut SmallRng,
+    warmup: usize,
+    calls: usize,
+) -> Result<ExtentRun, String> {
+    let mut run = ExtentRun {
+        call_ns: Vec::with_capacity(calls),
+        failures: 0,
+        timed_failures: 0,
+        allocs: 0,
+        frees: 0,
+        failed_calls: Vec::new(),
+    };
+    for call in 0..warmup + calls {
+        let len = rng.gen_range(EXTENT_LEN_BLOCKS_MIN..=EXTENT_LEN_BLOCKS_MAX);
+        let t0 = Instant::now();
+        let got = black_box(allocator.alloc_run(black_box(len)));
+        let elapsed = t0.elapsed();
+        if call >= warmup {
+            run.call_ns.push(elapsed.as_nanos() as f64);
+        }
+        let Some((start, got_len)) = got else {
+            run.failed_calls.push(call);
+            run.failures += 1;
+            if call >= warmup {
+                run.timed_failures += 1;
+            }
+            continue;
+        };
+        if got_len != len {
+            return Err(format!(
+                "alloc_extent({len}) returned {got_len} blocks at {start}"
+            ));
+        }
+        if let Some(block) = (start..start + len).find(|&b| held_set.contains(b)) {
+            return Err(format!(
+                "extent {start}..{} holds block {block}, already held or out of range",
+                start + len
+            ));
+        }
+        run.allocs += 1;
+        allocator.free_run(start, len).map_err(|e| {
+            format!(
+                "freeing just-allocated extent {start}..{} failed: {e}",
+                start + len
+            )
+        })?;
+        run.frees += 1;
+    }
+    Ok(run)
+}
+
 /// `samples` durations of an empty region between `Instant::now()` and
 /// `elapsed()`, in ns: the overhead every per-call sample carries.
 fn timer_overhead(samples: usize) -> Vec<f64> {
@@ -982,6 +1186,7 @@ fn run_extents<A: ExtentAllocator>(
         timed_failures: 0,
         allocs: 0,
         frees: 0,
+        failed_calls: Vec::new(),
     };
     for call in 0..warmup + calls {
         let len = rng.gen_range(EXTENT_LEN_BLOCKS_MIN..=EXTENT_LEN_BLOCKS_MAX);
@@ -1096,9 +1301,10 @@ fn shared_benchmarks(
     }
     report.results.extend(rows);
     report.notes.push(format!(
-        "SharedBitmap rows: 2^20 blocks at {} (same setup as the alloc+free rows), the held \
-         blocks split between the threads; each thread runs {} batches of {PAIRS_PER_BATCH} \
-         pairs through its own cache(), batched like the alloc+free rows; one op = one \
+        "SharedBitmap rows: 2^20 blocks; each of N threads allocates 1/N of them through its \
+         own cache() and frees a random part of its share, leaving {} occupied; then each \
+         thread runs {} churn batches of {PAIRS_PER_BATCH} pairs on its own blocks, batched \
+         like the alloc+free churn rows; one op = one \
          alloc+free pair. Throughput = sum over threads of (thread's ops / thread's time \
          inside timed batches); the untimed per-batch bookkeeping is excluded, so threads \
          overlap for most but not all of the run. A block handed to two threads at once is \
@@ -1132,7 +1338,6 @@ fn shared_throughput(
     batches_per_thread: usize,
 ) -> Result<f64, BenchError> {
     let capacity = SHARED_CAPACITY_BLOCKS;
-    let free_target = capacity - SHARED_OCCUPANCY.allocated_blocks(capacity);
     let setup = |detail: String| BenchError::Setup {
         bench: name.to_owned(),
         detail,
@@ -1142,50 +1347,23 @@ fn shared_throughput(
         detail,
     };
     let shared = SharedBitmap::new(capacity).map_err(|e| setup(e.to_string()))?;
-    let mut held_set = HeldSet::new(capacity);
-    let mut held = Vec::with_capacity(capacity as usize);
-    for count in 0..capacity {
-        let block = shared
-            .alloc()
-            .ok_or_else(|| setup(format!("alloc failed after {count} of {capacity} blocks")))?
-            .0;
-        if !held_set.insert(block) {
-            return Err(setup(format!(
-                "block {block} handed out twice while filling"
-            )));
-        }
-        held.push(block);
-    }
-    let mut rng = SmallRng::seed_from_u64(SEED ^ SHARED_OCCUPANCY.permille);
-    held.sort_unstable();
-    held.shuffle(&mut rng);
-    let keep = held.len() - free_target as usize;
-    for block in held.drain(keep..) {
-        held_set.remove(block);
-        shared
-            .free(Block(block))
-            .map_err(|e| setup(format!("freeing block {block}: {e}")))?;
-    }
-    let expected_held = held.len() as u64;
-    let mut parts: Vec<Vec<u64>> = vec![Vec::new(); threads];
-    for (i, block) in held.into_iter().enumerate() {
-        parts[i % threads].push(block);
-    }
-
-    drop(held_set);
+    // Each worker fills its own share and frees a random part of it, so
+    // each thread churns blocks it allocated itself (the use the per-thread
+    // home shards are built for).
+    let share_blocks = capacity / threads as u64;
+    let keep_blocks = SHARED_OCCUPANCY.allocated_blocks(capacity) / threads as u64;
+    let expected_held = keep_blocks * threads as u64;
 
     let barrier = Barrier::new(threads);
     let outcomes: Vec<thread::Result<Result<WorkerOutcome, String>>> = thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .enumerate()
-            .map(|(index, mine)| {
+        let handles: Vec<_> = (0..threads)
+            .map(|index| {
                 let (shared, barrier) = (&shared, &barrier);
                 scope.spawn(move || {
                     shared_worker(
                         shared,
                         barrier,
-                        mine,
+                        (share_blocks, keep_blocks),
                         SEED ^ (index as u64 + 1),
                         batches_per_thread,
                     )
@@ -1243,18 +1421,33 @@ fn shared_throughput(
 fn shared_worker(
     shared: &SharedBitmap,
     barrier: &Barrier,
-    mut held: Vec<u64>,
+    (share_blocks, keep_blocks): (u64, u64),
     seed: u64,
     batches: usize,
 ) -> Result<WorkerOutcome, String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut held_set = HeldSet::new(SHARED_CAPACITY_BLOCKS);
-    for &block in &held {
-        held_set.insert(block);
+    let mut cache = shared.cache();
+    let mut held = Vec::with_capacity(share_blocks as usize);
+    for count in 0..share_blocks {
+        let block = cache
+            .alloc()
+            .ok_or_else(|| format!("alloc failed after {count} of {share_blocks} blocks"))?
+            .0;
+        if !held_set.insert(block) {
+            return Err(format!("block {block} handed out twice while filling"));
+        }
+        held.push(block);
+    }
+    held.shuffle(&mut rng);
+    for block in held.drain(keep_blocks as usize..) {
+        held_set.remove(block);
+        cache
+            .free(Block(block))
+            .map_err(|e| format!("freeing block {block} during setup: {e}"))?;
     }
     let mut batch = PairBatch::new();
     let mut timed = Duration::ZERO;
-    let mut cache = shared.cache();
     barrier.wait();
     for _ in 0..batches {
         batch.draw(&mut held, &mut rng)?;

@@ -28,6 +28,14 @@ impl HeldSet {
         self.held_blocks
     }
 
+    /// Whether `block` is held; blocks past the capacity count as held (an
+    /// allocator must never hand them out).
+    #[inline]
+    pub(crate) fn contains(&self, block: u64) -> bool {
+        block >= self.capacity_blocks
+            || self.words[(block / WORD_BITS) as usize] >> (block % WORD_BITS) & 1 == 1
+    }
+
     /// Adds `block`; `false` (and no change) if it was already held or lies
     /// past the capacity — either way the allocator handed out a bad block.
     #[inline]

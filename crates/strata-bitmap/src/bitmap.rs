@@ -539,7 +539,7 @@ impl BlockBitmap {
     }
 
     /// First block of `start..end` that is free.
-    fn first_free_in(&self, start: u64, end: u64) -> Option<u64> {
+    pub(crate) fn first_free_in(&self, start: u64, end: u64) -> Option<u64> {
         let mut found = None;
         Self::for_each_word(start, end, |c, w, mask| {
             if found.is_none() {
@@ -555,7 +555,7 @@ impl BlockBitmap {
     }
 
     /// First reserved block of `start..end`.
-    fn first_reserved_in(&self, start: u64, end: u64) -> Option<u64> {
+    pub(crate) fn first_reserved_in(&self, start: u64, end: u64) -> Option<u64> {
         let i = self.reserved.partition_point(|r| r.end <= start);
         self.reserved
             .get(i)
@@ -584,29 +584,38 @@ impl BlockBitmap {
     #[inline]
     pub fn free(&mut self, block: Block) -> Result<(), BitmapError> {
         let b = block.0;
-        if b >= self.capacity_blocks {
-            return Err(BitmapError::OutOfRange {
-                block: b,
+        if b < self.capacity_blocks {
+            let c = (b / CHUNK_BLOCKS) as usize;
+            let w = ((b % CHUNK_BLOCKS) / 64) as usize;
+            let bit = 1u64 << (b % 64);
+            let word = self.chunks[c].words[w];
+            if word & bit == 0 && !self.is_reserved(b) {
+                self.chunks[c].words[w] = word | bit;
+                if word == 0 {
+                    self.free_chunks.insert(c);
+                }
+                self.free_blocks += 1;
+                self.mark_dirty(c);
+                return Ok(());
+            }
+        }
+        Err(self.free_error(b))
+    }
+
+    /// Why freeing `block` is refused (kept out of the fast path).
+    #[cold]
+    #[inline(never)]
+    fn free_error(&self, block: u64) -> BitmapError {
+        if block >= self.capacity_blocks {
+            BitmapError::OutOfRange {
+                block,
                 capacity_blocks: self.capacity_blocks,
-            });
+            }
+        } else if self.bit(block) {
+            BitmapError::NotAllocated { block }
+        } else {
+            BitmapError::Reserved { block }
         }
-        let c = (b / CHUNK_BLOCKS) as usize;
-        let w = ((b % CHUNK_BLOCKS) / 64) as usize;
-        let bit = 1u64 << (b % 64);
-        let word = self.chunks[c].words[w];
-        if word & bit != 0 {
-            return Err(BitmapError::NotAllocated { block: b });
-        }
-        if self.is_reserved(b) {
-            return Err(BitmapError::Reserved { block: b });
-        }
-        self.chunks[c].words[w] = word | bit;
-        if word == 0 {
-            self.free_chunks.insert(c);
-        }
-        self.free_blocks += 1;
-        self.mark_dirty(c);
-        Ok(())
     }
 
     /// Free every block of an allocated extent. All blocks must be allocated:

@@ -6,19 +6,32 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::image::{self, ImageHeader};
-use crate::{BitmapError, BitmapStats, Block, BlockBitmap, Extent, ImageError, CHUNK_BLOCKS};
+use crate::{
+    BitmapError, BitmapStats, Block, BlockBitmap, Extent, ImageError, CHUNK_BLOCKS,
+    MAGAZINE_REFILL_BLOCKS, MAGAZINE_WORDS,
+};
 
 /// Smallest shard of a multi-shard [`SharedBitmap`], in blocks. Also the
 /// guaranteed longest extent a multi-shard bitmap can serve.
 pub const SHARD_BLOCKS_MIN: u64 = 1 << 16;
 /// Shards per available core made by [`SharedBitmap::new`].
 const SHARDS_PER_CORE: usize = 4;
+/// A [`SharedCache`] moves its home to the next roomy shard when its home
+/// shard has fewer free blocks than this: refilling a magazine from a
+/// nearly full shard would claim words holding one free block each.
+const CACHE_HOME_FREE_BLOCKS_MIN: u64 = 64 * MAGAZINE_REFILL_BLOCKS;
 const _: () = assert!(SHARD_BLOCKS_MIN.is_power_of_two() && SHARD_BLOCKS_MIN % CHUNK_BLOCKS == 0);
 
-/// Keeps each shard's lock on its own cache lines (two, for the adjacent
-/// line prefetcher) so threads on different shards do not false-share.
+/// One shard and its lock-free free-block hint, on cache lines of its own
+/// (two, for the adjacent-line prefetcher) so threads working on different
+/// shards do not false-share.
 #[repr(align(128))]
-struct Padded<T>(T);
+struct ShardSlot {
+    shard: Mutex<Shard>,
+    /// The shard's free blocks as of its last change; written under the
+    /// lock, read without it to choose where a magazine refills.
+    free_hint: AtomicU64,
+}
 
 struct Shard {
     bitmap: BlockBitmap,
@@ -52,6 +65,44 @@ impl Shard {
     }
 }
 
+impl ShardSlot {
+    fn new(bitmap: BlockBitmap) -> Self {
+        ShardSlot {
+            free_hint: AtomicU64::new(bitmap.free_blocks()),
+            shard: Mutex::new(Shard {
+                bitmap,
+                magazines: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// A locked shard; publishes the shard's free count when released.
+struct ShardGuard<'a> {
+    guard: MutexGuard<'a, Shard>,
+    free_hint: &'a AtomicU64,
+}
+
+impl std::ops::Deref for ShardGuard<'_> {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.guard
+    }
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        self.free_hint
+            .store(self.guard.bitmap.free_blocks(), Ordering::Relaxed);
+    }
+}
+
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
@@ -72,8 +123,8 @@ fn thread_slot() -> usize {
 ///
 /// The block space is split into shards of a power-of-two number of blocks
 /// (at least [`SHARD_BLOCKS_MIN`]), each a [`BlockBitmap`] behind its own
-/// lock. Each thread has a home shard (assigned round-robin on first use)
-/// where it allocates first, so two threads do not fight over one lock or
+/// lock. Each thread has a home shard (threads are numbered on first use
+/// and spread across the shards) where it allocates first, so two threads do not fight over one lock or
 /// one cache line; a full home shard moves the request to the next shard.
 ///
 /// Extents never cross shard boundaries, so the longest extent a
@@ -102,7 +153,7 @@ fn thread_slot() -> usize {
 pub struct SharedBitmap {
     capacity_blocks: u64,
     shard_blocks: u64,
-    shards: Box<[Padded<Mutex<Shard>>]>,
+    shards: Box<[ShardSlot]>,
 }
 
 fn globalize(error: BitmapError, base: u64) -> BitmapError {
@@ -138,10 +189,7 @@ impl SharedBitmap {
             .map(|i| {
                 let len = shard_blocks.min(capacity_blocks - i * shard_blocks);
                 let bitmap = BlockBitmap::new(len).expect("shard capacity is valid");
-                Padded(Mutex::new(Shard {
-                    bitmap,
-                    magazines: Vec::new(),
-                }))
+                ShardSlot::new(bitmap)
             })
             .collect();
         Ok(SharedBitmap {
@@ -176,19 +224,36 @@ impl SharedBitmap {
         self.shard_blocks
     }
 
-    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
-        self.shards[shard]
-            .0
-            .lock()
-            .expect("a bitmap shard lock was poisoned by a panic")
+    fn lock(&self, shard: usize) -> ShardGuard<'_> {
+        let slot = &self.shards[shard];
+        ShardGuard {
+            guard: slot
+                .shard
+                .lock()
+                .expect("a bitmap shard lock was poisoned by a panic"),
+            free_hint: &slot.free_hint,
+        }
     }
 
-    fn lock_range(&self, shards: Range<usize>) -> Vec<MutexGuard<'_, Shard>> {
+    /// The next shard after `from` (wrapping) whose lock-free hint shows
+    /// at least `free_blocks_min` free blocks, else the one with the most.
+    /// Walking forward from each cache's own position keeps caches that
+    /// leave their home spread out instead of all piling onto one shard.
+    fn next_roomy_shard(&self, from: usize, free_blocks_min: u64) -> usize {
+        let n = self.shards.len();
+        let hint = |i: usize| self.shards[i].free_hint.load(Ordering::Relaxed);
+        (1..=n)
+            .map(|k| (from + k) % n)
+            .find(|&i| hint(i) >= free_blocks_min)
+            .unwrap_or_else(|| (0..n).max_by_key(|&i| hint(i)).expect("at least one shard"))
+    }
+
+    fn lock_range(&self, shards: Range<usize>) -> Vec<ShardGuard<'_>> {
         // Always in ascending order, so concurrent multi-shard calls cannot deadlock.
         shards.map(|i| self.lock(i)).collect()
     }
 
-    fn lock_all(&self) -> Vec<MutexGuard<'_, Shard>> {
+    fn lock_all(&self) -> Vec<ShardGuard<'_>> {
         self.lock_range(0..self.shards.len())
     }
 
@@ -196,8 +261,12 @@ impl SharedBitmap {
         shard as u64 * self.shard_blocks
     }
 
+    /// This thread's home shard. Slots are bit-reversed so consecutive
+    /// threads start far apart (0, 1/2, 1/4, 3/4, ... of the shards) and
+    /// their allocations do not run into each other's home shards.
     fn home(&self) -> usize {
-        thread_slot() % self.shards.len()
+        let spread = (thread_slot() as u32).reverse_bits() as u64;
+        ((spread * self.shards.len() as u64) >> 32) as usize
     }
 
     fn check_range(&self, start: u64, len: u64) -> Result<u64, BitmapError> {
@@ -272,15 +341,34 @@ impl SharedBitmap {
         let first = (extent.start / self.shard_blocks) as usize;
         let last = ((end - 1) / self.shard_blocks) as usize;
         let mut guards = self.lock_range(first..last + 1);
-        for (k, shard) in guards.iter().enumerate() {
+        // Same error order as `BlockBitmap::free_extent` over the whole
+        // extent: the first block that is not allocated (free in a bitmap,
+        // or sitting in a magazine), and only then the first reserved one.
+        let pieces = |k: usize| {
             let base = self.base(first + k);
-            let (lo, hi) = (extent.start.max(base), end.min(base + self.shard_blocks));
-            shard
+            (
+                base,
+                extent.start.max(base),
+                end.min(base + self.shard_blocks),
+            )
+        };
+        for (k, shard) in guards.iter().enumerate() {
+            let (base, lo, hi) = pieces(k);
+            let free = shard
                 .bitmap
-                .validate_allocated(lo - base, hi - base)
-                .map_err(|e| globalize(e, base))?;
-            if let Some(block) = shard.first_in_magazine(lo, hi) {
+                .first_free_in(lo - base, hi - base)
+                .map(|b| b + base);
+            let cached = shard.first_in_magazine(lo, hi);
+            if let Some(block) = free.into_iter().chain(cached).min() {
                 return Err(BitmapError::NotAllocated { block });
+            }
+        }
+        for (k, shard) in guards.iter().enumerate() {
+            let (base, lo, hi) = pieces(k);
+            if let Some(block) = shard.bitmap.first_reserved_in(lo - base, hi - base) {
+                return Err(BitmapError::Reserved {
+                    block: block + base,
+                });
             }
         }
         for (k, shard) in guards.iter_mut().enumerate() {
@@ -361,10 +449,12 @@ impl SharedBitmap {
     pub fn cache(&self) -> SharedCache<'_> {
         SharedCache {
             shared: self,
-            mask: Arc::new(AtomicU64::new(0)),
-            local: 0,
-            word: 0,
+            home: self.home(),
             shard: None,
+            words: [0; MAGAZINE_WORDS],
+            local: [0; MAGAZINE_WORDS],
+            published: std::array::from_fn(|_| Arc::new(AtomicU64::new(0))),
+            len: 0,
         }
     }
 
@@ -426,10 +516,7 @@ impl SharedBitmap {
                     .map(|r| r.start.max(base) - base..r.end.min(base + len) - base)
                     .collect();
                 let chunks = bitmap.chunks()[chunk_lo..chunk_hi].to_vec();
-                Padded(Mutex::new(Shard {
-                    bitmap: BlockBitmap::from_chunks(len, chunks, ranges),
-                    magazines: Vec::new(),
-                }))
+                ShardSlot::new(BlockBitmap::from_chunks(len, chunks, ranges))
             })
             .collect();
         SharedBitmap {
@@ -442,52 +529,88 @@ impl SharedBitmap {
 
 /// A per-thread magazine in front of a [`SharedBitmap`].
 ///
-/// Refilled a word at a time under the shard's lock; allocations pop from
-/// the magazine with no lock. The magazine's remaining blocks are published
-/// in an atomic word that the shard checks on every free, so a block that
-/// was claimed but not handed out can never be freed into the bitmap (and
-/// then handed out twice). Frees go to the shared bitmap. Dropping the
-/// cache returns its blocks.
+/// Refilled under one shard lock with up to [`MAGAZINE_WORDS`] words (at
+/// least [`MAGAZINE_REFILL_BLOCKS`] blocks when the shard has them);
+/// allocations pop from the magazine with no lock. Each word's remaining
+/// blocks are published in an atomic word that the shard checks on every
+/// free, so a block that was claimed but not handed out can never be freed
+/// into the bitmap (and then handed out twice). Frees go to the shared
+/// bitmap. When the cache's home shard runs low it moves forward to the
+/// next shard with room. Dropping the cache returns its blocks.
 pub struct SharedCache<'a> {
     shared: &'a SharedBitmap,
-    /// Blocks still in the magazine, as seen by the shard's free checks.
-    mask: Arc<AtomicU64>,
-    /// This thread's copy of `mask` (the only writer is this cache).
-    local: u64,
-    /// Global index of the word the magazine holds.
-    word: u64,
-    /// Shard the magazine's word belongs to, if any.
+    /// Shard refills try first.
+    home: usize,
+    /// Shard the magazine's words belong to, if it holds any.
     shard: Option<usize>,
+    /// Global indices of the words held; a stack, `len - 1` serves allocations.
+    words: [u64; MAGAZINE_WORDS],
+    /// This thread's copy of each word's remaining blocks (the only writer).
+    local: [u64; MAGAZINE_WORDS],
+    /// The same masks as seen by the shard's free checks.
+    published: [Arc<AtomicU64>; MAGAZINE_WORDS],
+    len: usize,
 }
 
 impl SharedCache<'_> {
-    /// Allocate one block with no lock, refilling a word under a lock when
-    /// the magazine is empty.
+    /// Allocate one block with no lock, refilling under a lock when the
+    /// magazine is empty.
     #[inline]
     pub fn alloc(&mut self) -> Option<Block> {
-        if self.local == 0 && !self.refill() {
-            return None;
+        loop {
+            if self.len == 0 && !self.refill() {
+                return None;
+            }
+            let top = self.len - 1;
+            let mask = self.local[top];
+            if mask != 0 {
+                let bit = mask.trailing_zeros() as u64;
+                self.local[top] = mask & (mask - 1);
+                // Published before the block leaves this thread, so a free
+                // of it from any thread sees it gone from the magazine.
+                self.published[top].store(self.local[top], Ordering::Release);
+                return Some(Block(self.words[top] * 64 + bit));
+            }
+            self.len -= 1;
         }
-        let bit = self.local.trailing_zeros() as u64;
-        self.local &= self.local - 1;
-        // Published before the block leaves this thread, so a free of it
-        // from any thread sees it gone from the magazine.
-        self.mask.store(self.local, Ordering::Release);
-        Some(Block(self.word * 64 + bit))
     }
 
     fn refill(&mut self) -> bool {
         self.drain();
-        let home = self.shared.home();
         let n = self.shared.shards.len();
+        if self.shared.shards[self.home]
+            .free_hint
+            .load(Ordering::Relaxed)
+            < CACHE_HOME_FREE_BLOCKS_MIN
+        {
+            self.home = self
+                .shared
+                .next_roomy_shard(self.home, CACHE_HOME_FREE_BLOCKS_MIN);
+        }
         for k in 0..n {
-            let i = (home + k) % n;
+            let i = (self.home + k) % n;
             let mut shard = self.shared.lock(i);
-            if let Some((word, mask)) = shard.bitmap.claim_word() {
-                self.word = word + self.shared.base(i) / 64;
-                self.local = mask;
-                self.mask.store(mask, Ordering::Release);
-                shard.magazines.push((self.word, Arc::clone(&self.mask)));
+            let base_word = self.shared.base(i) / 64;
+            let mut claimed = 0u64;
+            while self.len < MAGAZINE_WORDS && claimed < MAGAZINE_REFILL_BLOCKS {
+                let Some((word, mask)) = shard.bitmap.claim_word() else {
+                    break;
+                };
+                let slot = self.len;
+                self.words[slot] = word + base_word;
+                self.local[slot] = mask;
+                self.published[slot].store(mask, Ordering::Release);
+                shard
+                    .magazines
+                    .push((word + base_word, Arc::clone(&self.published[slot])));
+                self.len += 1;
+                claimed += mask.count_ones() as u64;
+            }
+            if self.len > 0 {
+                // Lowest addresses on top of the stack.
+                self.words[..self.len].reverse();
+                self.local[..self.len].reverse();
+                self.published[..self.len].reverse();
                 self.shard = Some(i);
                 return true;
             }
@@ -502,7 +625,10 @@ impl SharedCache<'_> {
 
     /// Blocks in the magazine now.
     pub fn cached_blocks(&self) -> u64 {
-        self.local.count_ones() as u64
+        self.local[..self.len]
+            .iter()
+            .map(|m| m.count_ones() as u64)
+            .sum()
     }
 
     /// Return the magazine's blocks to their shard.
@@ -512,10 +638,21 @@ impl SharedCache<'_> {
         };
         let mut shard = self.shared.lock(i);
         let base_word = self.shared.base(i) / 64;
-        shard.bitmap.release_word(self.word - base_word, self.local);
-        self.local = 0;
-        self.mask.store(0, Ordering::Release);
-        shard.magazines.retain(|(_, m)| !Arc::ptr_eq(m, &self.mask));
+        // Every word this cache registered, including emptied ones.
+        let registered = &self.published;
+        shard
+            .magazines
+            .retain(|(_, m)| !registered.iter().any(|p| Arc::ptr_eq(m, p)));
+        for slot in 0..self.len {
+            shard
+                .bitmap
+                .release_word(self.words[slot] - base_word, self.local[slot]);
+        }
+        for (local, published) in self.local.iter_mut().zip(&self.published) {
+            *local = 0;
+            published.store(0, Ordering::Release);
+        }
+        self.len = 0;
     }
 }
 
