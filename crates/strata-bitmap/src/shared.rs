@@ -16,10 +16,12 @@ use crate::{
 pub const SHARD_BLOCKS_MIN: u64 = 1 << 16;
 /// Shards per available core made by [`SharedBitmap::new`].
 const SHARDS_PER_CORE: usize = 4;
-/// A [`SharedCache`] moves its home to the next roomy shard when its home
-/// shard has fewer free blocks than this: refilling a magazine from a
-/// nearly full shard would claim words holding one free block each.
-const CACHE_HOME_FREE_BLOCKS_MIN: u64 = 64 * MAGAZINE_REFILL_BLOCKS;
+/// A [`SharedCache`] moves its home to another shard when its home has
+/// fewer than `1 / CACHE_HOME_FREE_DIVISOR` of its blocks free: refilling
+/// from a nearly full shard claims words holding a block or two each.
+const CACHE_HOME_FREE_DIVISOR: u64 = 8;
+/// ... or fewer free blocks than this, whatever the shard's size.
+const CACHE_HOME_FREE_BLOCKS_MIN: u64 = 4 * MAGAZINE_REFILL_BLOCKS;
 const _: () = assert!(SHARD_BLOCKS_MIN.is_power_of_two() && SHARD_BLOCKS_MIN % CHUNK_BLOCKS == 0);
 
 /// One shard and its lock-free free-block hint, on cache lines of its own
@@ -235,16 +237,22 @@ impl SharedBitmap {
         }
     }
 
-    /// The next shard after `from` (wrapping) whose lock-free hint shows
-    /// at least `free_blocks_min` free blocks, else the one with the most.
-    /// Walking forward from each cache's own position keeps caches that
-    /// leave their home spread out instead of all piling onto one shard.
-    fn next_roomy_shard(&self, from: usize, free_blocks_min: u64) -> usize {
+    /// Where a cache whose home ran low should refill next: among shards
+    /// whose lock-free hint shows at least `free_blocks_min` free blocks,
+    /// the one this cache has freed the most blocks into (so a thread keeps
+    /// allocating where its own frees land, away from other threads'
+    /// shards); ties go to the first such shard after `from`. With no
+    /// roomy shard, the one with the most free blocks.
+    fn refill_shard(&self, from: usize, free_blocks_min: u64, freed_into: &[u32]) -> usize {
         let n = self.shards.len();
         let hint = |i: usize| self.shards[i].free_hint.load(Ordering::Relaxed);
-        (1..=n)
-            .map(|k| (from + k) % n)
-            .find(|&i| hint(i) >= free_blocks_min)
+        let mut best: Option<(u32, usize)> = None;
+        for i in (1..=n).map(|k| (from + k) % n) {
+            if hint(i) >= free_blocks_min && best.is_none_or(|(f, _)| freed_into[i] > f) {
+                best = Some((freed_into[i], i));
+            }
+        }
+        best.map(|(_, i)| i)
             .unwrap_or_else(|| (0..n).max_by_key(|&i| hint(i)).expect("at least one shard"))
     }
 
@@ -455,6 +463,7 @@ impl SharedBitmap {
             local: [0; MAGAZINE_WORDS],
             published: std::array::from_fn(|_| Arc::new(AtomicU64::new(0))),
             len: 0,
+            freed_into: vec![0; self.shards.len()],
         }
     }
 
@@ -535,8 +544,9 @@ impl SharedBitmap {
 /// blocks are published in an atomic word that the shard checks on every
 /// free, so a block that was claimed but not handed out can never be freed
 /// into the bitmap (and then handed out twice). Frees go to the shared
-/// bitmap. When the cache's home shard runs low it moves forward to the
-/// next shard with room. Dropping the cache returns its blocks.
+/// bitmap. When the cache's home shard runs low it moves to the shard with
+/// room that it has freed the most blocks into, so each thread keeps
+/// working on its own shards. Dropping the cache returns its blocks.
 pub struct SharedCache<'a> {
     shared: &'a SharedBitmap,
     /// Shard refills try first.
@@ -550,6 +560,8 @@ pub struct SharedCache<'a> {
     /// The same masks as seen by the shard's free checks.
     published: [Arc<AtomicU64>; MAGAZINE_WORDS],
     len: usize,
+    /// Blocks this cache freed into each shard (halved at each move).
+    freed_into: Vec<u32>,
 }
 
 impl SharedCache<'_> {
@@ -578,14 +590,19 @@ impl SharedCache<'_> {
     fn refill(&mut self) -> bool {
         self.drain();
         let n = self.shared.shards.len();
-        if self.shared.shards[self.home]
+        let roomy_blocks_min =
+            (self.shared.shard_blocks / CACHE_HOME_FREE_DIVISOR).max(CACHE_HOME_FREE_BLOCKS_MIN);
+        let home_free_blocks = self.shared.shards[self.home]
             .free_hint
-            .load(Ordering::Relaxed)
-            < CACHE_HOME_FREE_BLOCKS_MIN
-        {
+            .load(Ordering::Relaxed);
+        if home_free_blocks < roomy_blocks_min {
             self.home = self
                 .shared
-                .next_roomy_shard(self.home, CACHE_HOME_FREE_BLOCKS_MIN);
+                .refill_shard(self.home, roomy_blocks_min, &self.freed_into);
+            // Older frees say less about where this thread works now.
+            for count in &mut self.freed_into {
+                *count /= 2;
+            }
         }
         for k in 0..n {
             let i = (self.home + k) % n;
@@ -620,7 +637,10 @@ impl SharedCache<'_> {
 
     /// Free one block to the shared bitmap (see [`SharedBitmap::free`]).
     pub fn free(&mut self, block: Block) -> Result<(), BitmapError> {
-        self.shared.free(block)
+        self.shared.free(block)?;
+        let shard = (block.0 / self.shared.shard_blocks) as usize;
+        self.freed_into[shard] = self.freed_into[shard].saturating_add(1);
+        Ok(())
     }
 
     /// Blocks in the magazine now.
