@@ -33,6 +33,8 @@ struct ShardSlot {
     /// The shard's free blocks as of its last change; written under the
     /// lock, read without it to choose where a magazine refills.
     free_hint: AtomicU64,
+    /// [`SharedCache`]s whose home this shard is, so caches spread out.
+    homed_caches: AtomicU64,
 }
 
 struct Shard {
@@ -71,6 +73,7 @@ impl ShardSlot {
     fn new(bitmap: BlockBitmap) -> Self {
         ShardSlot {
             free_hint: AtomicU64::new(bitmap.free_blocks()),
+            homed_caches: AtomicU64::new(0),
             shard: Mutex::new(Shard {
                 bitmap,
                 magazines: Vec::new(),
@@ -239,21 +242,47 @@ impl SharedBitmap {
 
     /// Where a cache whose home ran low should refill next: among shards
     /// whose lock-free hint shows at least `free_blocks_min` free blocks,
-    /// the one this cache has freed the most blocks into (so a thread keeps
-    /// allocating where its own frees land, away from other threads'
-    /// shards); ties go to the first such shard after `from`. With no
-    /// roomy shard, the one with the most free blocks.
+    /// the one fewest other caches call home, then the one this cache has
+    /// freed the most blocks into (so a thread keeps allocating where its
+    /// own frees land, away from other threads' shards), then the first
+    /// after `from`. With no roomy shard, the one with the most free blocks.
     fn refill_shard(&self, from: usize, free_blocks_min: u64, freed_into: &[u32]) -> usize {
         let n = self.shards.len();
-        let hint = |i: usize| self.shards[i].free_hint.load(Ordering::Relaxed);
-        let mut best: Option<(u32, usize)> = None;
+        let slot = |i: usize| &self.shards[i];
+        let mut best: Option<((u64, u32), usize)> = None;
         for i in (1..=n).map(|k| (from + k) % n) {
-            if hint(i) >= free_blocks_min && best.is_none_or(|(f, _)| freed_into[i] > f) {
-                best = Some((freed_into[i], i));
+            if slot(i).free_hint.load(Ordering::Relaxed) < free_blocks_min {
+                continue;
+            }
+            // Lower is better: fewer caches, then more of our frees.
+            let key = (
+                slot(i).homed_caches.load(Ordering::Relaxed),
+                u32::MAX - freed_into[i],
+            );
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, i));
             }
         }
-        best.map(|(_, i)| i)
-            .unwrap_or_else(|| (0..n).max_by_key(|&i| hint(i)).expect("at least one shard"))
+        best.map(|(_, i)| i).unwrap_or_else(|| {
+            (0..n)
+                .max_by_key(|&i| slot(i).free_hint.load(Ordering::Relaxed))
+                .expect("at least one shard")
+        })
+    }
+
+    /// The home for a new cache: the shard with the fewest caches homed on
+    /// it, searching from this thread's spread-out starting shard.
+    fn new_cache_home(&self) -> usize {
+        let n = self.shards.len();
+        let start = self.home();
+        let home = (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| self.shards[i].homed_caches.load(Ordering::Relaxed))
+            .expect("at least one shard");
+        self.shards[home]
+            .homed_caches
+            .fetch_add(1, Ordering::Relaxed);
+        home
     }
 
     fn lock_range(&self, shards: Range<usize>) -> Vec<ShardGuard<'_>> {
@@ -457,7 +486,7 @@ impl SharedBitmap {
     pub fn cache(&self) -> SharedCache<'_> {
         SharedCache {
             shared: self,
-            home: self.home(),
+            home: self.new_cache_home(),
             shard: None,
             words: [0; MAGAZINE_WORDS],
             local: [0; MAGAZINE_WORDS],
@@ -596,9 +625,16 @@ impl SharedCache<'_> {
             .free_hint
             .load(Ordering::Relaxed);
         if home_free_blocks < roomy_blocks_min {
-            self.home = self
+            let next = self
                 .shared
                 .refill_shard(self.home, roomy_blocks_min, &self.freed_into);
+            self.shared.shards[self.home]
+                .homed_caches
+                .fetch_sub(1, Ordering::Relaxed);
+            self.shared.shards[next]
+                .homed_caches
+                .fetch_add(1, Ordering::Relaxed);
+            self.home = next;
             // Older frees say less about where this thread works now.
             for count in &mut self.freed_into {
                 *count /= 2;
@@ -679,5 +715,8 @@ impl SharedCache<'_> {
 impl Drop for SharedCache<'_> {
     fn drop(&mut self) {
         self.drain();
+        self.shared.shards[self.home]
+            .homed_caches
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
