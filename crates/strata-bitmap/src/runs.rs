@@ -409,31 +409,41 @@ impl Search<'_> {
         }
     }
 
+    /// Check a whole entry (one starting at or after `from`): the run
+    /// found in it, or `None` with `carry` moved past it.
+    #[inline]
+    fn whole(&self, depth: usize, i: usize, carry: &mut u64) -> Option<u64> {
+        let (s, node_len) = self.entry(depth, i);
+        if *carry + s.prefix >= self.len {
+            let lo = (i << (FANOUT_SHIFT as usize * depth)) as u64;
+            return Some(lo * CHUNK_BLOCKS - *carry);
+        }
+        if s.best >= self.len {
+            return Some(self.descend(depth, i, *carry));
+        }
+        *carry = if s.prefix == node_len {
+            *carry + node_len
+        } else {
+            s.suffix
+        };
+        None
+    }
+
     /// Visit entry `i` at `depth`, restricted to chunks `>= from`, left to
     /// right, carrying the free run that ends just before the visited part.
+    /// Whole children are checked in the loop; only the one child that
+    /// straddles `from` is recursed into.
     fn scan(&self, depth: usize, i: usize, from: usize, carry: &mut u64) -> Option<u64> {
         let shift = FANOUT_SHIFT as usize * depth;
         let lo = i << shift;
         let width = 1usize << shift;
-        if lo + width <= from {
-            return None;
-        }
         if lo >= from {
-            let (s, node_len) = self.entry(depth, i);
-            if *carry + s.prefix >= self.len {
-                return Some(lo as u64 * CHUNK_BLOCKS - *carry);
-            }
-            if s.best >= self.len {
-                return Some(self.descend(depth, i, *carry));
-            }
-            *carry = if s.prefix == node_len {
-                *carry + node_len
-            } else {
-                s.suffix
-            };
-            return None;
+            return self.whole(depth, i, carry);
         }
-        debug_assert!(depth > 0, "a leaf is either before, at or after `from`");
+        debug_assert!(
+            depth > 0 && from < lo + width,
+            "scan of an entry wholly before `from`"
+        );
         let (s, _) = self.entry(depth, i);
         if s.best < self.len && *carry + s.best < self.len {
             // No run of `len` lies inside this node, and the carry plus any
@@ -449,12 +459,18 @@ impl Search<'_> {
             };
             return None;
         }
+        let child_shift = shift - FANOUT_SHIFT as usize;
         let first = i << FANOUT_SHIFT;
         let last = (first + RUN_TREE_FANOUT).min(self.entry_count(depth - 1));
         // Children wholly before `from` are skipped without reading them.
-        let skip = (from >> (shift - FANOUT_SHIFT as usize)).max(first);
-        for child in skip..last {
-            if let Some(found) = self.scan(depth - 1, child, from, carry) {
+        let straddling = from >> child_shift;
+        if straddling < last {
+            if let Some(found) = self.scan(depth - 1, straddling, from, carry) {
+                return Some(found);
+            }
+        }
+        for child in straddling + 1..last {
+            if let Some(found) = self.whole(depth - 1, child, carry) {
                 return Some(found);
             }
         }
