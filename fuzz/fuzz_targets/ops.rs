@@ -8,9 +8,13 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use strata_bitmap::{
-    BitmapError, Block, BlockBitmap, Extent, MAGAZINE_REFILL_BLOCKS, MAGAZINE_WORDS, WORD_BITS,
-};
+use strata_bitmap::{Block, BlockBitmap, Extent};
+
+/// The naive model, shared with `crates/strata-bitmap/tests/model.rs`.
+#[path = "../../crates/strata-bitmap/tests/support/model.rs"]
+mod naive;
+
+use naive::{MagazineModel, Model, State};
 
 /// Capacities are `1..=CAPACITY_MAX`: several chunks, cheap to model.
 const CAPACITY_MAX: u64 = 5000;
@@ -96,242 +100,6 @@ enum CacheOp {
     Bitmap,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Free,
-    Allocated,
-    Reserved,
-}
-
-struct Model {
-    states: Vec<State>,
-    free: u64,
-    allocated: u64,
-    reserved: u64,
-    cursor: u64,
-}
-
-impl Model {
-    fn new(cap: u64) -> Self {
-        Model {
-            states: vec![State::Free; cap as usize],
-            free: cap,
-            allocated: 0,
-            reserved: 0,
-            cursor: 0,
-        }
-    }
-
-    fn cap(&self) -> u64 {
-        self.states.len() as u64
-    }
-
-    fn state(&self, b: u64) -> State {
-        self.states[b as usize]
-    }
-
-    fn set(&mut self, b: u64, s: State) {
-        for (state, delta) in [(self.states[b as usize], u64::MAX), (s, 1)] {
-            let c = match state {
-                State::Free => &mut self.free,
-                State::Allocated => &mut self.allocated,
-                State::Reserved => &mut self.reserved,
-            };
-            *c = c.wrapping_add(delta);
-        }
-        self.states[b as usize] = s;
-    }
-
-    fn first_in(&self, start: u64, end: u64, s: State) -> Option<u64> {
-        (start..end).find(|&b| self.states[b as usize] == s)
-    }
-
-    fn first_free_wrapping(&self, hint: u64) -> Option<u64> {
-        let hint = if hint >= self.cap() { 0 } else { hint };
-        self.first_in(hint, self.cap(), State::Free)
-            .or_else(|| self.first_in(0, hint, State::Free))
-    }
-
-    fn find_run(&self, from: u64, len: u64) -> Option<u64> {
-        let mut run = 0;
-        for b in from..self.cap() {
-            run = if self.state(b) == State::Free {
-                run + 1
-            } else {
-                0
-            };
-            if run == len {
-                return Some(b + 1 - len);
-            }
-        }
-        None
-    }
-
-    fn extent_near(&self, len: u64, hint: u64) -> Option<u64> {
-        if len == 0 || len > self.free {
-            return None;
-        }
-        let hint = if hint >= self.cap() { 0 } else { hint };
-        self.find_run(hint, len).or_else(|| self.find_run(0, len))
-    }
-
-    fn largest_run(&self) -> u64 {
-        let (mut best, mut run) = (0, 0);
-        for &s in &self.states {
-            run = if s == State::Free { run + 1 } else { 0 };
-            best = best.max(run);
-        }
-        best
-    }
-
-    fn advance_cursor(&mut self, end: u64) {
-        self.cursor = if end >= self.cap() { 0 } else { end };
-    }
-
-    fn check_range(&self, start: u64, len: u64) -> Result<u64, BitmapError> {
-        if len == 0 {
-            return Err(BitmapError::ZeroLength);
-        }
-        match start.checked_add(len) {
-            Some(end) if end <= self.cap() => Ok(end),
-            _ => Err(BitmapError::OutOfRange {
-                block: start.max(self.cap()),
-                capacity_blocks: self.cap(),
-            }),
-        }
-    }
-
-    fn expect_free(&self, b: u64) -> Result<(), BitmapError> {
-        if b >= self.cap() {
-            return Err(BitmapError::OutOfRange {
-                block: b,
-                capacity_blocks: self.cap(),
-            });
-        }
-        match self.state(b) {
-            State::Free => Err(BitmapError::NotAllocated { block: b }),
-            State::Reserved => Err(BitmapError::Reserved { block: b }),
-            State::Allocated => Ok(()),
-        }
-    }
-
-    fn expect_free_extent(&self, e: Extent) -> Result<(), BitmapError> {
-        let end = self.check_range(e.start, e.len)?;
-        if let Some(block) = self.first_in(e.start, end, State::Free) {
-            return Err(BitmapError::NotAllocated { block });
-        }
-        if let Some(block) = self.first_in(e.start, end, State::Reserved) {
-            return Err(BitmapError::Reserved { block });
-        }
-        Ok(())
-    }
-
-    fn expect_reserve(&self, start: u64, end: u64) -> Result<(), BitmapError> {
-        if start >= end {
-            return Err(BitmapError::ZeroLength);
-        }
-        let end = self.check_range(start, end - start)?;
-        match self.first_in(start, end, State::Allocated) {
-            Some(block) => Err(BitmapError::ReserveInUse { block }),
-            None => Ok(()),
-        }
-    }
-
-    fn reserved_ranges(&self) -> Vec<std::ops::Range<u64>> {
-        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
-        for b in 0..self.cap() {
-            if self.state(b) == State::Reserved {
-                match out.last_mut() {
-                    Some(r) if r.end == b => r.end = b + 1,
-                    _ => out.push(b..b + 1),
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Exact model of a `BlockCache` magazine (see tests/model.rs).
-#[derive(Default)]
-struct Magazine {
-    words: Vec<(u64, u64)>,
-}
-
-impl Magazine {
-    fn cached(&self) -> u64 {
-        self.words.iter().map(|w| w.1.count_ones() as u64).sum()
-    }
-
-    fn refill(&mut self, m: &mut Model) -> bool {
-        let mut claimed = 0;
-        while self.words.len() < MAGAZINE_WORDS && claimed < MAGAZINE_REFILL_BLOCKS {
-            let Some(first) = m.first_free_wrapping(m.cursor) else {
-                break;
-            };
-            m.advance_cursor(first + 1);
-            let word = first / WORD_BITS;
-            let mut mask = 0u64;
-            for bit in 0..WORD_BITS {
-                let b = word * WORD_BITS + bit;
-                if b < m.cap() && m.state(b) == State::Free {
-                    m.set(b, State::Allocated);
-                    mask |= 1 << bit;
-                }
-            }
-            self.words.push((word, mask));
-            claimed += mask.count_ones() as u64;
-        }
-        self.words.reverse();
-        !self.words.is_empty()
-    }
-
-    fn alloc(&mut self, m: &mut Model) -> Option<u64> {
-        loop {
-            if self.words.is_empty() && !self.refill(m) {
-                return None;
-            }
-            let (word, mask) = self.words.last_mut()?;
-            if *mask != 0 {
-                let bit = mask.trailing_zeros() as u64;
-                *mask &= *mask - 1;
-                return Some(*word * WORD_BITS + bit);
-            }
-            self.words.pop();
-        }
-    }
-
-    fn free(&mut self, m: &mut Model, b: u64) -> Result<(), BitmapError> {
-        if b >= m.cap() {
-            return Err(BitmapError::OutOfRange {
-                block: b,
-                capacity_blocks: m.cap(),
-            });
-        }
-        let bit = 1u64 << (b % WORD_BITS);
-        if let Some(entry) = self.words.iter_mut().find(|w| w.0 == b / WORD_BITS) {
-            if entry.1 & bit != 0 {
-                return Err(BitmapError::NotAllocated { block: b });
-            }
-            if m.state(b) == State::Reserved {
-                return Err(BitmapError::Reserved { block: b });
-            }
-            entry.1 |= bit;
-            return Ok(());
-        }
-        m.expect_free(b)?;
-        m.set(b, State::Free);
-        Ok(())
-    }
-
-    fn drain(&mut self, m: &mut Model) {
-        for (word, mask) in self.words.drain(..) {
-            for bit in (0..WORD_BITS).filter(|bit| mask >> bit & 1 == 1) {
-                m.set(word * WORD_BITS + bit, State::Free);
-            }
-        }
-    }
-}
-
 fn check_counts(bm: &BlockBitmap, m: &Model, i: usize) {
     assert_eq!(bm.free_blocks(), m.free, "op {i}: free_blocks");
     assert_eq!(
@@ -344,13 +112,10 @@ fn check_counts(bm: &BlockBitmap, m: &Model, i: usize) {
 
 fn take(m: &mut Model, held: &mut Vec<Extent>, e: Extent, i: usize) {
     assert!(
-        (e.start..e.end()).all(|b| b < m.cap() && m.state(b) == State::Free),
+        (e.start..e.end()).all(|b| b < m.capacity() && m.state(b) == State::Free),
         "op {i}: handed out {e:?}, not all free"
     );
-    for b in e.blocks() {
-        m.set(b, State::Allocated);
-    }
-    m.advance_cursor(e.end());
+    m.hand_out(e);
     held.push(e);
 }
 
@@ -391,35 +156,17 @@ fn run(input: Input) {
             }
             Op::TryAlloc => {
                 let got = bm.try_alloc();
-                match m.first_free_wrapping(m.cursor) {
-                    Some(b) => {
+                match m.expect_try_alloc() {
+                    Ok(b) => {
                         assert_eq!(got, Ok(Block(b)), "op {i}");
                         take(&mut m, &mut held, Extent { start: b, len: 1 }, i);
                     }
-                    None => assert_eq!(
-                        got,
-                        Err(BitmapError::NoSpace {
-                            requested_blocks: 1,
-                            free_blocks: 0,
-                            largest_free_run_blocks: 0
-                        }),
-                        "op {i}"
-                    ),
+                    Err(e) => assert_eq!(got, Err(e), "op {i}"),
                 }
             }
             Op::TryAllocExtent(len) => {
                 let len = len.resolve(&m);
-                let want = if len == 0 {
-                    Err(BitmapError::ZeroLength)
-                } else {
-                    m.extent_near(len, m.cursor)
-                        .map(|start| Extent { start, len })
-                        .ok_or(BitmapError::NoSpace {
-                            requested_blocks: len,
-                            free_blocks: m.free,
-                            largest_free_run_blocks: m.largest_run(),
-                        })
-                };
+                let want = m.expect_try_alloc_extent(len);
                 assert_eq!(bm.try_alloc_extent(len), want, "op {i}: len {len}");
                 if let Ok(e) = want {
                     take(&mut m, &mut held, e, i);
@@ -462,7 +209,7 @@ fn run(input: Input) {
                     "op {i}: free_extent({e:?}) of a held extent"
                 );
                 if want.is_ok() {
-                    e.blocks().for_each(|b| m.set(b, State::Free));
+                    m.set_range(e.blocks(), State::Free);
                 }
             }
             Op::FreeHeld(_) | Op::FreeHeldPart(..) => {}
@@ -475,7 +222,7 @@ fn run(input: Input) {
                 let want = m.expect_free_extent(e);
                 assert_eq!(bm.free_extent(e), want, "op {i}: free_extent({e:?})");
                 match want {
-                    Ok(()) => e.blocks().for_each(|b| m.set(b, State::Free)),
+                    Ok(()) => m.set_range(e.blocks(), State::Free),
                     Err(_) => assert!(
                         bm.to_bytes() == before,
                         "op {i}: refused free_extent changed the image"
@@ -492,7 +239,7 @@ fn run(input: Input) {
                     _ => unreachable!(),
                 };
                 let before = bm.to_bytes();
-                let want = m.expect_reserve(start, end);
+                let want = m.expect_reserve(&(start..end));
                 assert_eq!(
                     bm.reserve(start..end),
                     want,
@@ -500,11 +247,7 @@ fn run(input: Input) {
                 );
                 match want {
                     Ok(()) => {
-                        for b in start..end {
-                            if m.state(b) == State::Free {
-                                m.set(b, State::Reserved);
-                            }
-                        }
+                        m.apply_reserve(start..end);
                         assert_eq!(bm.reserved(), &m.reserved_ranges()[..], "op {i}: ranges");
                     }
                     Err(_) => assert!(
@@ -555,7 +298,7 @@ fn run(input: Input) {
                 m.cursor = 0; // the cursor is not part of the image
             }
             Op::Cache(cache_ops) => {
-                let mut mag = Magazine::default();
+                let mut mag = MagazineModel::default();
                 let mut mine: Vec<u64> = Vec::new();
                 let mut cache = bm.cache();
                 for (j, cop) in cache_ops.into_iter().enumerate() {
@@ -594,7 +337,7 @@ fn run(input: Input) {
                     }
                     assert_eq!(
                         cache.cached_blocks(),
-                        mag.cached(),
+                        mag.cached_blocks(),
                         "op {i}.{j}: cached_blocks"
                     );
                 }

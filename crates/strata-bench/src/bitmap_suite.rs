@@ -202,41 +202,25 @@ trait PairAllocator {
     fn free_block(&mut self, block: u64) -> Result<(), Self::Error>;
 }
 
-impl PairAllocator for BlockBitmap {
-    type Error = BitmapError;
-    #[inline]
-    fn alloc_block(&mut self) -> Option<u64> {
-        self.alloc().map(|block| block.0)
-    }
-    #[inline]
-    fn free_block(&mut self, block: u64) -> Result<(), BitmapError> {
-        self.free(Block(block))
-    }
+/// The three Strata single-block allocators share one adapter: each has
+/// `alloc() -> Option<Block>` and `free(Block) -> Result<(), BitmapError>`.
+macro_rules! strata_pair_allocator {
+    ($($ty:ty),+) => {$(
+        impl PairAllocator for $ty {
+            type Error = BitmapError;
+            #[inline]
+            fn alloc_block(&mut self) -> Option<u64> {
+                self.alloc().map(|block| block.0)
+            }
+            #[inline]
+            fn free_block(&mut self, block: u64) -> Result<(), BitmapError> {
+                self.free(Block(block))
+            }
+        }
+    )+};
 }
 
-impl PairAllocator for BlockCache<'_> {
-    type Error = BitmapError;
-    #[inline]
-    fn alloc_block(&mut self) -> Option<u64> {
-        self.alloc().map(|block| block.0)
-    }
-    #[inline]
-    fn free_block(&mut self, block: u64) -> Result<(), BitmapError> {
-        self.free(Block(block))
-    }
-}
-
-impl PairAllocator for SharedCache<'_> {
-    type Error = BitmapError;
-    #[inline]
-    fn alloc_block(&mut self) -> Option<u64> {
-        self.alloc().map(|block| block.0)
-    }
-    #[inline]
-    fn free_block(&mut self, block: u64) -> Result<(), BitmapError> {
-        self.free(Block(block))
-    }
-}
+strata_pair_allocator!(BlockBitmap, BlockCache<'_>, SharedCache<'_>);
 
 impl PairAllocator for FlatBitmap {
     type Error = FlatError;

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::ops::Range;
 
+use crate::held::for_each_word;
+
 /// Bits per bitmap word.
 const WORD_BITS: u64 = u64::BITS as u64;
 
@@ -247,23 +249,6 @@ impl FlatBitmap {
 
     fn clear_range(&mut self, start: u64, end: u64) {
         for_each_word(start, end, |index, mask| self.words[index] &= !mask);
-    }
-}
-
-/// Calls `f(word_index, mask)` for each word that `start..end` touches, with
-/// the mask of the range's bits in that word.
-fn for_each_word(start: u64, end: u64, mut f: impl FnMut(usize, u64)) {
-    let mut block = start;
-    while block < end {
-        let offset = block % WORD_BITS;
-        let bits = (WORD_BITS - offset).min(end - block);
-        let mask = if bits == WORD_BITS {
-            u64::MAX
-        } else {
-            ((1u64 << bits) - 1) << offset
-        };
-        f((block / WORD_BITS) as usize, mask);
-        block += bits;
     }
 }
 

@@ -114,8 +114,9 @@ impl HeldSet {
     }
 }
 
-/// Calls `f(word_index, mask)` for each word that `start..end` touches.
-fn for_each_word(start: u64, end: u64, mut f: impl FnMut(usize, u64)) {
+/// Calls `f(word_index, mask)` for each 64-bit word that `start..end`
+/// touches, with the mask of the range's bits in that word.
+pub(crate) fn for_each_word(start: u64, end: u64, mut f: impl FnMut(usize, u64)) {
     let mut block = start;
     while block < end {
         let offset = block % WORD_BITS;

@@ -63,6 +63,21 @@ const _: () = assert!(CHUNK_BLOCKS == 512);
 const _: () = assert!(CAPACITY_BLOCKS_MAX % CHUNK_BLOCKS == 0);
 const _: () = assert!(MAGAZINE_REFILL_BLOCKS <= MAGAZINE_WORDS as u64 * WORD_BITS);
 
+/// End of the range `start..start + len` if it is non-empty and lies within
+/// `capacity_blocks`; otherwise the error naming what is wrong.
+pub(crate) fn check_range(start: u64, len: u64, capacity_blocks: u64) -> Result<u64, BitmapError> {
+    if len == 0 {
+        return Err(BitmapError::ZeroLength);
+    }
+    match start.checked_add(len) {
+        Some(end) if end <= capacity_blocks => Ok(end),
+        _ => Err(BitmapError::OutOfRange {
+            block: start.max(capacity_blocks),
+            capacity_blocks,
+        }),
+    }
+}
+
 /// A block index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Block(pub u64);

@@ -307,16 +307,7 @@ impl SharedBitmap {
     }
 
     fn check_range(&self, start: u64, len: u64) -> Result<u64, BitmapError> {
-        if len == 0 {
-            return Err(BitmapError::ZeroLength);
-        }
-        match start.checked_add(len) {
-            Some(end) if end <= self.capacity_blocks => Ok(end),
-            _ => Err(BitmapError::OutOfRange {
-                block: start.max(self.capacity_blocks),
-                capacity_blocks: self.capacity_blocks,
-            }),
-        }
+        crate::check_range(start, len, self.capacity_blocks)
     }
 
     /// Allocate one block, from this thread's home shard first.

@@ -15,9 +15,13 @@ use std::ops::Range;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use strata_bitmap::{
-    BitmapError, Block, BlockBitmap, Extent, MAGAZINE_REFILL_BLOCKS, MAGAZINE_WORDS, WORD_BITS,
-};
+use strata_bitmap::{BitmapError, Block, BlockBitmap, Extent};
+
+/// The naive model, shared with the fuzz target `fuzz/fuzz_targets/ops.rs`.
+#[path = "support/model.rs"]
+mod naive;
+
+use naive::{MagazineModel, Model, State};
 
 /// Environment variable that replaces every scenario's seeds by one seed.
 const SEED_ENV: &str = "STRATA_SEED";
@@ -51,280 +55,6 @@ const MOSAIC_HOLE_MAX: u64 = 1200;
 const MOSAIC_EVERY: usize = 400;
 /// "Nearly full": fewer than 1% of the blocks are free.
 const NEARLY_FULL_PERCENT: u64 = 99;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Free,
-    Allocated,
-    Reserved,
-}
-
-/// The naive model: one state per block, the counters, and the next-fit cursor.
-struct Model {
-    states: Vec<State>,
-    free: u64,
-    allocated: u64,
-    reserved: u64,
-    cursor: u64,
-}
-
-impl Model {
-    fn new(capacity: u64) -> Self {
-        Model {
-            states: vec![State::Free; capacity as usize],
-            free: capacity,
-            allocated: 0,
-            reserved: 0,
-            cursor: 0,
-        }
-    }
-
-    fn capacity(&self) -> u64 {
-        self.states.len() as u64
-    }
-
-    fn state(&self, block: u64) -> State {
-        self.states[block as usize]
-    }
-
-    fn counter(&mut self, state: State) -> &mut u64 {
-        match state {
-            State::Free => &mut self.free,
-            State::Allocated => &mut self.allocated,
-            State::Reserved => &mut self.reserved,
-        }
-    }
-
-    fn set(&mut self, block: u64, state: State) {
-        let old = self.states[block as usize];
-        *self.counter(old) -= 1;
-        *self.counter(state) += 1;
-        self.states[block as usize] = state;
-    }
-
-    fn set_range(&mut self, range: Range<u64>, state: State) {
-        for block in range {
-            self.set(block, state);
-        }
-    }
-
-    /// First block of `start..end` in `state`.
-    fn first_in(&self, start: u64, end: u64, state: State) -> Option<u64> {
-        (start..end).find(|&b| self.states[b as usize] == state)
-    }
-
-    fn all_in(&self, range: Range<u64>, state: State) -> bool {
-        range.clone().all(|b| self.states[b as usize] == state)
-    }
-
-    /// First free block at or after `hint`, wrapping to the first from 0.
-    fn first_free_wrapping(&self, hint: u64) -> Option<u64> {
-        let hint = if hint >= self.capacity() { 0 } else { hint };
-        self.first_in(hint, self.capacity(), State::Free)
-            .or_else(|| self.first_in(0, hint, State::Free))
-    }
-
-    /// Leftmost `s >= from` with `s..s + len` all free.
-    fn find_run(&self, from: u64, len: u64) -> Option<u64> {
-        let mut run = 0u64;
-        for b in from..self.capacity() {
-            if self.states[b as usize] == State::Free {
-                run += 1;
-                if run == len {
-                    return Some(b + 1 - len);
-                }
-            } else {
-                run = 0;
-            }
-        }
-        None
-    }
-
-    /// Where `alloc_extent_near(len, hint)` must put its extent.
-    fn extent_near(&self, len: u64, hint: u64) -> Option<u64> {
-        if len == 0 || len > self.free {
-            return None;
-        }
-        let hint = if hint >= self.capacity() { 0 } else { hint };
-        self.find_run(hint, len).or_else(|| self.find_run(0, len))
-    }
-
-    fn largest_run(&self) -> u64 {
-        let (mut best, mut run) = (0u64, 0u64);
-        for &s in &self.states {
-            run = if s == State::Free { run + 1 } else { 0 };
-            best = best.max(run);
-        }
-        best
-    }
-
-    fn reserved_ranges(&self) -> Vec<Range<u64>> {
-        let mut ranges: Vec<Range<u64>> = Vec::new();
-        for (b, &s) in self.states.iter().enumerate() {
-            if s != State::Reserved {
-                continue;
-            }
-            let b = b as u64;
-            match ranges.last_mut() {
-                Some(last) if last.end == b => last.end = b + 1,
-                _ => ranges.push(b..b + 1),
-            }
-        }
-        ranges
-    }
-
-    /// The cursor after handing out blocks ending at `end`.
-    fn advance_cursor(&mut self, end: u64) {
-        self.cursor = if end >= self.capacity() { 0 } else { end };
-    }
-
-    /// The range checks shared by extents and reserve ranges.
-    fn check_range(&self, start: u64, len: u64) -> Result<u64, BitmapError> {
-        if len == 0 {
-            return Err(BitmapError::ZeroLength);
-        }
-        match start.checked_add(len) {
-            Some(end) if end <= self.capacity() => Ok(end),
-            _ => Err(BitmapError::OutOfRange {
-                block: start.max(self.capacity()),
-                capacity_blocks: self.capacity(),
-            }),
-        }
-    }
-
-    fn expect_free(&self, block: u64) -> Result<(), BitmapError> {
-        if block >= self.capacity() {
-            return Err(BitmapError::OutOfRange {
-                block,
-                capacity_blocks: self.capacity(),
-            });
-        }
-        match self.state(block) {
-            State::Free => Err(BitmapError::NotAllocated { block }),
-            State::Reserved => Err(BitmapError::Reserved { block }),
-            State::Allocated => Ok(()),
-        }
-    }
-
-    /// `free_extent`: the first free block is reported first, then the first reserved one.
-    fn expect_free_extent(&self, extent: Extent) -> Result<(), BitmapError> {
-        let end = self.check_range(extent.start, extent.len)?;
-        if let Some(block) = self.first_in(extent.start, end, State::Free) {
-            return Err(BitmapError::NotAllocated { block });
-        }
-        if let Some(block) = self.first_in(extent.start, end, State::Reserved) {
-            return Err(BitmapError::Reserved { block });
-        }
-        Ok(())
-    }
-
-    fn expect_reserve(&self, range: &Range<u64>) -> Result<(), BitmapError> {
-        if range.start >= range.end {
-            return Err(BitmapError::ZeroLength);
-        }
-        let end = self.check_range(range.start, range.end - range.start)?;
-        match self.first_in(range.start, end, State::Allocated) {
-            Some(block) => Err(BitmapError::ReserveInUse { block }),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Exact model of a `BlockCache` magazine: a stack of `(word, blocks held)`,
-/// the top (last entry) serving allocations. Blocks in the magazine are
-/// `Allocated` in the [`Model`] (claimed), but not held by the test.
-#[derive(Default)]
-struct MagazineModel {
-    words: Vec<(u64, u64)>,
-}
-
-impl MagazineModel {
-    fn cached_blocks(&self) -> u64 {
-        self.words.iter().map(|&(_, m)| m.count_ones() as u64).sum()
-    }
-
-    /// Claim every free block of the word holding the first free block at or
-    /// after the cursor; the cursor moves one past that first block.
-    fn claim_word(model: &mut Model) -> Option<(u64, u64)> {
-        let first = model.first_free_wrapping(model.cursor)?;
-        model.advance_cursor(first + 1);
-        let word = first / WORD_BITS;
-        let mut mask = 0u64;
-        for bit in 0..WORD_BITS {
-            let block = word * WORD_BITS + bit;
-            if block < model.capacity() && model.state(block) == State::Free {
-                model.set(block, State::Allocated);
-                mask |= 1 << bit;
-            }
-        }
-        Some((word, mask))
-    }
-
-    fn refill(&mut self, model: &mut Model) -> bool {
-        let mut claimed = 0u64;
-        while self.words.len() < MAGAZINE_WORDS && claimed < MAGAZINE_REFILL_BLOCKS {
-            match Self::claim_word(model) {
-                Some((word, mask)) => {
-                    self.words.push((word, mask));
-                    claimed += mask.count_ones() as u64;
-                }
-                None => break,
-            }
-        }
-        // The first word claimed (lowest address in a sweep) serves first.
-        self.words.reverse();
-        !self.words.is_empty()
-    }
-
-    fn alloc(&mut self, model: &mut Model) -> Option<u64> {
-        loop {
-            if self.words.is_empty() && !self.refill(model) {
-                return None;
-            }
-            let (word, mask) = self.words.last_mut().expect("refilled");
-            if *mask != 0 {
-                let bit = mask.trailing_zeros() as u64;
-                *mask &= *mask - 1;
-                return Some(*word * WORD_BITS + bit);
-            }
-            self.words.pop();
-        }
-    }
-
-    fn free(&mut self, model: &mut Model, block: u64) -> Result<(), BitmapError> {
-        if block >= model.capacity() {
-            return Err(BitmapError::OutOfRange {
-                block,
-                capacity_blocks: model.capacity(),
-            });
-        }
-        let word = block / WORD_BITS;
-        let bit = 1u64 << (block % WORD_BITS);
-        if let Some(entry) = self.words.iter_mut().find(|(w, _)| *w == word) {
-            if entry.1 & bit != 0 {
-                return Err(BitmapError::NotAllocated { block });
-            }
-            if model.state(block) == State::Reserved {
-                return Err(BitmapError::Reserved { block });
-            }
-            entry.1 |= bit; // back in the magazine; still claimed in the bitmap
-            return Ok(());
-        }
-        model.expect_free(block)?;
-        model.set(block, State::Free);
-        Ok(())
-    }
-
-    fn drain(&mut self, model: &mut Model) {
-        for (word, mask) in self.words.drain(..) {
-            for bit in 0..WORD_BITS {
-                if mask >> bit & 1 == 1 {
-                    model.set(word * WORD_BITS + bit, State::Free);
-                }
-            }
-        }
-    }
-}
 
 /// Where an assertion happened, printed in every failure message.
 struct Ctx {
@@ -578,8 +308,7 @@ impl Harness {
             self.model.all_in(extent.blocks(), State::Free),
             "handed out {extent:?} which is not all free in the model (handed out twice?)"
         );
-        self.model.set_range(extent.blocks(), State::Allocated);
-        self.model.advance_cursor(extent.end());
+        self.model.hand_out(extent);
         self.held.push(extent);
     }
 
@@ -657,41 +386,21 @@ impl Harness {
 
     fn op_try_alloc(&mut self) {
         self.begin("try_alloc()".into());
-        let want = self.model.first_free_wrapping(self.model.cursor);
+        let want = self.model.expect_try_alloc();
         let got = self.bitmap.try_alloc();
         self.count("try_alloc", &got);
         match want {
-            Some(b) => {
+            Ok(b) => {
                 check_eq!(self.ctx, got, Ok(Block(b)), "try_alloc");
                 self.take(Extent { start: b, len: 1 });
             }
-            None => check_eq!(
-                self.ctx,
-                got,
-                Err(BitmapError::NoSpace {
-                    requested_blocks: 1,
-                    free_blocks: 0,
-                    largest_free_run_blocks: 0
-                }),
-                "try_alloc on a full bitmap"
-            ),
+            Err(e) => check_eq!(self.ctx, got, Err(e), "try_alloc on a full bitmap"),
         }
     }
 
     fn op_try_alloc_extent(&mut self, len: u64) {
         self.begin(format!("try_alloc_extent({len})"));
-        let want = if len == 0 {
-            Err(BitmapError::ZeroLength)
-        } else {
-            match self.model.extent_near(len, self.model.cursor) {
-                Some(start) => Ok(Extent { start, len }),
-                None => Err(BitmapError::NoSpace {
-                    requested_blocks: len,
-                    free_blocks: self.model.free,
-                    largest_free_run_blocks: self.model.largest_run(),
-                }),
-            }
-        };
+        let want = self.model.expect_try_alloc_extent(len);
         let before = self.image_before_refusal(want.is_err());
         let got = self.bitmap.try_alloc_extent(len);
         check_eq!(
@@ -873,11 +582,7 @@ impl Harness {
         self.count("reserve", &got);
         match got {
             Ok(()) => {
-                for b in range {
-                    if self.model.state(b) == State::Free {
-                        self.model.set(b, State::Reserved);
-                    }
-                }
+                self.model.apply_reserve(range);
                 let ranges = self.model.reserved_ranges();
                 check_eq!(
                     self.ctx,
