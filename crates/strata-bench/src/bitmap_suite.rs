@@ -824,6 +824,9 @@ struct ExtentRun {
     frees: u64,
     /// Indices (warm-up included) of the calls that returned `None`.
     failed_calls: Vec<usize>,
+    /// Nanoseconds per `free_extent` call (immediate pairs only; empty in
+    /// churn runs).
+    free_ns: Vec<f64>,
 }
 
 fn extent_benchmarks(
@@ -1019,6 +1022,29 @@ fn extent_benchmarks(
             ),
         ])
     };
+    let free_rows_of = |name: &str, run: &ExtentRun| -> Result<[BenchResult; 2], BenchError> {
+        let missing = || BenchError::Setup {
+            bench: name.to_owned(),
+            detail: "no timed frees".into(),
+        };
+        let name = format!("{name} free_extent");
+        Ok([
+            BenchResult::new(
+                &name,
+                METRIC_MEDIAN,
+                median(&run.free_ns).ok_or_else(missing)?,
+                UNIT_NS,
+            ),
+            BenchResult::new(
+                &name,
+                METRIC_P99,
+                percentile(&run.free_ns, 99.0).ok_or_else(missing)?,
+                UNIT_NS,
+            ),
+        ])
+    };
+    let [free_flat_median, free_flat_p99] = free_rows_of(&pair_flat_name, &pair_flat)?;
+    let [free_strata_median, free_strata_p99] = free_rows_of(&pair_strata_name, &pair_strata)?;
     let [pair_flat_median, pair_flat_p99] = rows_of(&pair_flat_name, &pair_flat)?;
     let [pair_strata_median, pair_strata_p99] = rows_of(&pair_strata_name, &pair_strata)?;
     report
@@ -1027,6 +1053,12 @@ fn extent_benchmarks(
     report.results.push(pair_strata_p99.against(&pair_flat_p99));
     report.results.push(pair_flat_median);
     report.results.push(pair_flat_p99);
+    report
+        .results
+        .push(free_strata_median.against(&free_flat_median));
+    report.results.push(free_strata_p99.against(&free_flat_p99));
+    report.results.push(free_flat_median);
+    report.results.push(free_flat_p99);
     let [flat_median, flat_p99] = rows_of(&flat_name, &flat_run)?;
     let [strata_median, strata_p99] = rows_of(&strata_name, &strata_run)?;
     report.results.push(strata_median.against(&flat_median));
@@ -1046,7 +1078,10 @@ fn extent_benchmarks(
     report.notes.push(format!(
         "extent pair rows: on the starting layout below, each call is alloc_extent(random \
          length) then free_extent of that same extent, so the layout stays fixed and the figure \
-         is the cost of finding a run of that length at 95% occupancy. A None means no free run \
+         is the cost of finding a run of that length at 95% occupancy. The free_extent rows \
+         time the matching frees the same way (BlockBitmap::free_extent refreshes the run \
+         summaries it made stale when few are, so that work is counted there, not in the \
+         next alloc_extent). A None means no free run \
          is long enough anywhere (checked against the layout, which does not change): \
          BlockBitmap {} of {} timed calls, flat first-fit {} of {}",
         pair_strata.timed_failures,
@@ -1102,6 +1137,7 @@ fn run_extent_pairs<A: ExtentAllocator>(
         allocs: 0,
         frees: 0,
         failed_calls: Vec::new(),
+        free_ns: Vec::new(),
     };
     for call in 0..warmup + calls {
         let len = rng.gen_range(EXTENT_LEN_BLOCKS_MIN..=EXTENT_LEN_BLOCKS_MAX);
@@ -1131,12 +1167,18 @@ fn run_extent_pairs<A: ExtentAllocator>(
             ));
         }
         run.allocs += 1;
-        allocator.free_run(start, len).map_err(|e| {
+        let t0 = Instant::now();
+        let freed = black_box(allocator.free_run(start, len));
+        let elapsed = t0.elapsed();
+        freed.map_err(|e| {
             format!(
                 "freeing just-allocated extent {start}..{} failed: {e}",
                 start + len
             )
         })?;
+        if call >= warmup {
+            run.free_ns.push(elapsed.as_nanos() as f64);
+        }
         run.frees += 1;
     }
     Ok(run)
@@ -1171,6 +1213,7 @@ fn run_extents<A: ExtentAllocator>(
         allocs: 0,
         frees: 0,
         failed_calls: Vec::new(),
+        free_ns: Vec::new(),
     };
     for call in 0..warmup + calls {
         let len = rng.gen_range(EXTENT_LEN_BLOCKS_MIN..=EXTENT_LEN_BLOCKS_MAX);

@@ -18,6 +18,11 @@ pub(crate) struct Chunk {
 
 const _: () = assert!(std::mem::size_of::<Chunk>() == 64);
 
+/// [`BlockBitmap::free_extent`] refreshes stale run summaries itself when
+/// at most this many chunks are stale (an extent of up to 512 blocks
+/// touches at most two; a few more come from single-block operations).
+pub const EAGER_REFRESH_CHUNKS_MAX: usize = 8;
+
 /// A block allocator over a hierarchical bitmap.
 ///
 /// Blocks are numbered `0..capacity_blocks`. Each is in exactly one state:
@@ -612,10 +617,18 @@ impl BlockBitmap {
     /// Free every block of an allocated extent. All blocks must be allocated:
     /// otherwise the error names the first free or reserved block and nothing
     /// changes.
+    ///
+    /// When few chunks have stale run summaries (at most
+    /// [`EAGER_REFRESH_CHUNKS_MAX`]), this brings them up to date before
+    /// returning, so the next [`BlockBitmap::alloc_extent`], on the path a
+    /// writer waits on, does not pay for them.
     pub fn free_extent(&mut self, extent: Extent) -> Result<(), BitmapError> {
         let end = self.check_range(extent.start, extent.len)?;
         self.validate_allocated(extent.start, end)?;
         self.release_range(extent.start, end);
+        if self.dirty_list.len() <= EAGER_REFRESH_CHUNKS_MAX {
+            self.refresh_runs();
+        }
         Ok(())
     }
 

@@ -38,7 +38,7 @@ mod runs;
 mod shared;
 mod summary;
 
-pub use bitmap::BlockBitmap;
+pub use bitmap::{BlockBitmap, EAGER_REFRESH_CHUNKS_MAX};
 pub use cache::BlockCache;
 pub use error::{BitmapError, ImageError};
 pub use image::{IMAGE_HEADER_BYTES, IMAGE_MAGIC, IMAGE_VERSION};
