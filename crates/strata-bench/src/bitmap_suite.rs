@@ -1074,6 +1074,26 @@ fn extent_benchmarks(
     report
         .results
         .push(BenchResult::new(timer_name, METRIC_P99, timer_p99, UNIT_NS));
+    // The floor under any per-call figure that touches cold memory: one
+    // timed write to a random cache line of a buffer larger than the caches.
+    let floor_name = format!(
+        "memory floor (one random write in {} MiB)",
+        MEMORY_FLOOR_BUFFER_BYTES >> 20
+    );
+    progress(&format!("{SUITE}: {floor_name}"));
+    let floor_ns = memory_floor(budget.timer_samples);
+    report.results.push(BenchResult::new(
+        &floor_name,
+        METRIC_MEDIAN,
+        median(&floor_ns).unwrap_or(f64::NAN),
+        UNIT_NS,
+    ));
+    report.results.push(BenchResult::new(
+        &floor_name,
+        METRIC_P99,
+        percentile(&floor_ns, 99.0).unwrap_or(f64::NAN),
+        UNIT_NS,
+    ));
 
     report.notes.push(format!(
         "extent pair rows: on the starting layout below, each call is alloc_extent(random \
@@ -1193,6 +1213,37 @@ fn timer_overhead(samples: usize) -> Vec<f64> {
         black_box(());
         ns.push(start.elapsed().as_nanos() as f64);
     }
+    ns
+}
+
+/// Bytes of the buffer the memory-floor rows write into: larger than the
+/// last-level cache of the machines we run on, so most writes miss.
+const MEMORY_FLOOR_BUFFER_BYTES: usize = 64 << 20;
+/// Bytes per cache line (one write per sample touches one line).
+const CACHE_LINE_BYTES: usize = 64;
+/// Bytes per (small) page, for touching the buffer before timing.
+const PAGE_BYTES: usize = 4096;
+const _: () = assert!(MEMORY_FLOOR_BUFFER_BYTES.is_power_of_two());
+
+/// `samples` timed writes to random cache lines of a buffer larger than the
+/// caches, in ns each (timer included, as in every per-call row).
+fn memory_floor(samples: usize) -> Vec<f64> {
+    let words = MEMORY_FLOOR_BUFFER_BYTES / 8;
+    let mut buffer = vec![0u64; words];
+    // Touch every page first, so the samples time memory, not page faults.
+    for (i, word) in buffer.iter_mut().enumerate().step_by(PAGE_BYTES / 8) {
+        *word = i as u64;
+    }
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 0xf1_00);
+    let lines = MEMORY_FLOOR_BUFFER_BYTES / CACHE_LINE_BYTES;
+    let mut ns = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let word = rng.gen_range(0..lines) * (CACHE_LINE_BYTES / 8);
+        let start = Instant::now();
+        buffer[word] = black_box(buffer[word] + 1);
+        ns.push(start.elapsed().as_nanos() as f64);
+    }
+    black_box(&buffer);
     ns
 }
 
