@@ -37,7 +37,9 @@ pub const EAGER_REFRESH_CHUNKS_MAX: usize = 8;
 /// free-run summaries (prefix, suffix, longest run) lets contiguous requests
 /// skip every span that cannot serve them. Run summaries of chunks touched
 /// by single-block operations are refreshed lazily, at the next operation
-/// that needs runs, so the single-block path never recomputes them.
+/// that needs runs, so the single-block path never recomputes them;
+/// [`BlockBitmap::free_extent`] refreshes the few it leaves stale itself,
+/// keeping that work off the allocation path.
 ///
 /// ```
 /// use strata_bitmap::{BlockBitmap, Extent};
