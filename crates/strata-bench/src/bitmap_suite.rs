@@ -635,18 +635,17 @@ fn pair_benchmark(
     Ok((immediate, churn))
 }
 
-/// Allocates every block of an empty Strata bitmap one at a time.
-fn fill_single(
-    bitmap: &mut BlockBitmap,
-    capacity: u64,
+/// Allocates `count` blocks one at a time, checking each against the held set.
+fn fill_single<A: PairAllocator>(
+    allocator: &mut A,
+    count: u64,
     held_set: &mut HeldSet,
 ) -> Result<Vec<u64>, String> {
-    let mut held = Vec::with_capacity(capacity as usize);
-    for count in 0..capacity {
-        let block = bitmap
-            .alloc()
-            .ok_or_else(|| format!("alloc failed after {count} of {capacity} blocks"))?
-            .0;
+    let mut held = Vec::with_capacity(count as usize);
+    for done in 0..count {
+        let block = allocator
+            .alloc_block()
+            .ok_or_else(|| format!("alloc failed after {done} of {count} blocks"))?;
         if !held_set.insert(block) {
             return Err(format!("block {block} handed out twice while filling"));
         }
@@ -1506,24 +1505,14 @@ fn shared_worker(
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut held_set = HeldSet::new(SHARED_CAPACITY_BLOCKS);
     let mut cache = shared.cache();
-    let mut held = Vec::with_capacity(share_blocks as usize);
-    for count in 0..share_blocks {
-        let block = cache
-            .alloc()
-            .ok_or_else(|| format!("alloc failed after {count} of {share_blocks} blocks"))?
-            .0;
-        if !held_set.insert(block) {
-            return Err(format!("block {block} handed out twice while filling"));
-        }
-        held.push(block);
-    }
-    held.shuffle(&mut rng);
-    for block in held.drain(keep_blocks as usize..) {
-        held_set.remove(block);
-        cache
-            .free(Block(block))
-            .map_err(|e| format!("freeing block {block} during setup: {e}"))?;
-    }
+    let mut held = fill_single(&mut cache, share_blocks, &mut held_set)?;
+    scatter_free(
+        &mut cache,
+        &mut held,
+        &mut held_set,
+        share_blocks - keep_blocks,
+        &mut rng,
+    )?;
     let mut batch = PairBatch::new();
     let mut timed = Duration::ZERO;
     barrier.wait();
