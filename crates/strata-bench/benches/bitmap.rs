@@ -56,6 +56,21 @@ fn extent_layout(capacity: u64) -> (BlockBitmap, FlatBitmap) {
     (bitmap, flat)
 }
 
+/// Pairs must leave both allocators' occupancy exactly where it was.
+fn check_unchanged(bitmap: &BlockBitmap, flat: &FlatBitmap, allocated: u64) {
+    assert_eq!(
+        bitmap.allocated_blocks(),
+        allocated,
+        "pairs changed the occupancy"
+    );
+    assert_eq!(
+        flat.allocated_blocks(),
+        allocated,
+        "flat pairs changed the occupancy"
+    );
+    bitmap.check_invariants();
+}
+
 fn single_block_pairs(c: &mut Criterion) {
     let mut group = c.benchmark_group("alloc+free pair 2^20 @95%");
     let (mut bitmap, mut flat) = scattered(PAIR_CAPACITY_BLOCKS);
@@ -82,18 +97,7 @@ fn single_block_pairs(c: &mut Criterion) {
         })
     });
     group.finish();
-    // Pairs must leave the occupancy exactly where it was.
-    assert_eq!(
-        bitmap.allocated_blocks(),
-        allocated,
-        "pairs changed the occupancy"
-    );
-    assert_eq!(
-        flat.allocated_blocks(),
-        allocated,
-        "flat pairs changed the occupancy"
-    );
-    bitmap.check_invariants();
+    check_unchanged(&bitmap, &flat, allocated);
 }
 
 fn extent_pairs(c: &mut Criterion) {
@@ -119,17 +123,7 @@ fn extent_pairs(c: &mut Criterion) {
         })
     });
     group.finish();
-    assert_eq!(
-        bitmap.allocated_blocks(),
-        allocated,
-        "pairs changed the occupancy"
-    );
-    assert_eq!(
-        flat.allocated_blocks(),
-        allocated,
-        "flat pairs changed the occupancy"
-    );
-    bitmap.check_invariants();
+    check_unchanged(&bitmap, &flat, allocated);
 }
 
 // The macro generates an undocumented public function.

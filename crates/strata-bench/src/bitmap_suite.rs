@@ -828,6 +828,21 @@ struct ExtentRun {
     free_ns: Vec<f64>,
 }
 
+impl ExtentRun {
+    /// An empty run with room for `samples` timed calls.
+    fn new(samples: usize) -> Self {
+        ExtentRun {
+            call_ns: Vec::with_capacity(samples),
+            failures: 0,
+            timed_failures: 0,
+            allocs: 0,
+            frees: 0,
+            failed_calls: Vec::new(),
+            free_ns: Vec::new(),
+        }
+    }
+}
+
 fn extent_benchmarks(
     budget: &Budget,
     progress: &mut dyn FnMut(&str),
@@ -1149,15 +1164,7 @@ fn run_extent_pairs<A: ExtentAllocator>(
     warmup: usize,
     calls: usize,
 ) -> Result<ExtentRun, String> {
-    let mut run = ExtentRun {
-        call_ns: Vec::with_capacity(calls),
-        failures: 0,
-        timed_failures: 0,
-        allocs: 0,
-        frees: 0,
-        failed_calls: Vec::new(),
-        free_ns: Vec::new(),
-    };
+    let mut run = ExtentRun::new(calls);
     for call in 0..warmup + calls {
         let len = rng.gen_range(EXTENT_LEN_BLOCKS_MIN..=EXTENT_LEN_BLOCKS_MAX);
         let t0 = Instant::now();
@@ -1256,15 +1263,7 @@ fn run_extents<A: ExtentAllocator>(
     warmup: usize,
     calls: usize,
 ) -> Result<ExtentRun, String> {
-    let mut run = ExtentRun {
-        call_ns: Vec::with_capacity(calls + calls / 16),
-        failures: 0,
-        timed_failures: 0,
-        allocs: 0,
-        frees: 0,
-        failed_calls: Vec::new(),
-        free_ns: Vec::new(),
-    };
+    let mut run = ExtentRun::new(calls + calls / 16);
     for call in 0..warmup + calls {
         let len = rng.gen_range(EXTENT_LEN_BLOCKS_MIN..=EXTENT_LEN_BLOCKS_MAX);
         let (start, got_len) = loop {
