@@ -60,7 +60,7 @@ pub const MAGAZINE_WORDS: usize = 8;
 pub const MAGAZINE_REFILL_BLOCKS: u64 = 64;
 
 const _: () = assert!(CHUNK_BLOCKS == 512);
-const _: () = assert!(CAPACITY_BLOCKS_MAX % CHUNK_BLOCKS == 0);
+const _: () = assert!(CAPACITY_BLOCKS_MAX.is_multiple_of(CHUNK_BLOCKS));
 const _: () = assert!(MAGAZINE_REFILL_BLOCKS <= MAGAZINE_WORDS as u64 * WORD_BITS);
 
 /// End of the range `start..start + len` if it is non-empty and lies within

@@ -22,7 +22,8 @@ const SHARDS_PER_CORE: usize = 4;
 const CACHE_HOME_FREE_DIVISOR: u64 = 8;
 /// ... or fewer free blocks than this, whatever the shard's size.
 const CACHE_HOME_FREE_BLOCKS_MIN: u64 = 4 * MAGAZINE_REFILL_BLOCKS;
-const _: () = assert!(SHARD_BLOCKS_MIN.is_power_of_two() && SHARD_BLOCKS_MIN % CHUNK_BLOCKS == 0);
+const _: () =
+    assert!(SHARD_BLOCKS_MIN.is_power_of_two() && SHARD_BLOCKS_MIN.is_multiple_of(CHUNK_BLOCKS));
 
 /// One shard and its lock-free free-block hint, on cache lines of its own
 /// (two, for the adjacent-line prefetcher) so threads working on different

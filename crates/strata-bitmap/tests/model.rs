@@ -283,7 +283,9 @@ impl Harness {
         } else {
             IMAGE_CHECK_EVERY
         };
-        (self.refusals % every == 0).then(|| self.bitmap.to_bytes())
+        self.refusals
+            .is_multiple_of(every)
+            .then(|| self.bitmap.to_bytes())
     }
 
     fn check_unchanged(&self, before: Option<Vec<u8>>) {
@@ -935,11 +937,11 @@ impl Harness {
     }
 
     fn after_op(&mut self, i: usize) {
-        if i % INVARIANTS_EVERY == 0 {
+        if i.is_multiple_of(INVARIANTS_EVERY) {
             self.bitmap.check_invariants();
         }
         let stats_every = (self.capacity() / STATS_SPAN).max(1) as usize;
-        if i % stats_every == 0 {
+        if i.is_multiple_of(stats_every) {
             self.op_stats();
         }
     }
