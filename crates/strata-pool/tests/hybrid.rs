@@ -330,11 +330,8 @@ fn threads_churn_and_counters_are_exact_once_merged() {
                     } else {
                         let block = live.swap_remove(rng.gen_range(0..live.len()));
                         // SAFETY: written at allocation.
-                        assert_eq!(
-                            unsafe { *block.as_ptr() },
-                            t as u8,
-                            "seed {seed}: block shared"
-                        );
+                        let first = unsafe { *block.as_ptr() };
+                        assert_eq!(first, t as u8, "seed {seed}: block shared");
                         drop(block);
                     }
                 }
