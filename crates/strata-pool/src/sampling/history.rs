@@ -23,6 +23,9 @@ pub struct HistoryEvent {
     pub at_ms: u32,
 }
 
+// The history limit's memory figure assumes 24-byte events.
+const _: () = assert!(size_of::<HistoryEvent>() <= 24);
+
 /// A ring of at most `capacity_events` events; when full, a new event
 /// overwrites the oldest and is counted in `dropped_events`.
 ///
