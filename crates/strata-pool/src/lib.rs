@@ -13,6 +13,8 @@
 //!   per size class ([`PoolStats`]), kept per thread and merged in batches.
 //! - [`pressure`]: pressure levels with hysteresis over the budget and, on
 //!   Linux, the cgroup limit and `MemAvailable` ([`sysmem`]).
+//! - [`TrackingAllocator`]: the same accounting and sampled profile for a
+//!   whole program, around any `GlobalAlloc`.
 //! - [`sampling`]: byte-rate sampling, the sampled-allocation table, call
 //!   sites, leak reports and the event history ring.
 //!
@@ -31,6 +33,7 @@ pub mod sampling;
 pub mod size_class;
 mod stats;
 pub mod sysmem;
+mod tracking;
 
 pub use device::Device;
 pub use error::PoolError;
@@ -40,3 +43,4 @@ pub use hybrid::{
     MAGAZINE_SLOTS_MAX, MAGAZINE_SLOTS_MIN, SLAB_REGION_BYTES_DEFAULT,
 };
 pub use stats::{ClassStats, PoolStats, StatBytes};
+pub use tracking::{TrackingAllocator, TrackingStats, SAMPLED_FILTER_BUCKETS, TRACKED_THREADS_MAX};
