@@ -12,7 +12,8 @@
 //! - Accounting that is always on: PyTorch-style counters per device and
 //!   per size class ([`PoolStats`]), kept per thread and merged in batches.
 //! - [`pressure`]: pressure levels with hysteresis over the budget and, on
-//!   Linux, the cgroup limit and `MemAvailable` ([`sysmem`]).
+//!   Linux, the cgroup limit and `MemAvailable` ([`sysmem`]), fed by a
+//!   background [`watch::PressureWatcher`].
 //! - [`TrackingAllocator`]: the same accounting and sampled profile for a
 //!   whole program, around any `GlobalAlloc`.
 //! - [`sampling`]: byte-rate sampling, the sampled-allocation table, call
@@ -34,6 +35,7 @@ pub mod size_class;
 mod stats;
 pub mod sysmem;
 mod tracking;
+pub mod watch;
 
 pub use device::Device;
 pub use error::PoolError;
