@@ -516,7 +516,9 @@ impl Shared {
     /// free is refused (counted), never double-freed.
     fn flush(&self, class: usize, slots: &[usize]) {
         let size = class_size_bytes(class);
+        let slots_per = slots_per_slab(class);
         let mut central = lock(&self.classes[class].0);
+        let mut emptied: Vec<u32> = Vec::new();
         for &addr in slots {
             let offset = self
                 .slab_region
@@ -532,45 +534,60 @@ impl Shared {
                 self.refused_frees.fetch_add(1, Relaxed);
                 continue;
             }
+            let now_empty = class_slab.free_slots.free_blocks() == slots_per;
             central.slots_out -= 1;
             if was_full {
                 central.partial.push(position as u32);
             }
+            if now_empty {
+                emptied.push(slab as u32);
+            }
         }
-        self.give_back_empty_slabs(class, &mut central, 1);
+        // A slab left wholly free goes back to the region (for any class),
+        // unless it is the class's only slab with room: keeping that one
+        // stops a class that hovers around a slab boundary from thrashing.
+        for slab in emptied {
+            let position = self.slab_position[slab as usize].load(Relaxed) as usize;
+            let still_empty = central
+                .slabs
+                .get(position)
+                .is_some_and(|s| s.slab == slab && s.free_slots.free_blocks() == slots_per);
+            if still_empty && central.partial.len() > 1 {
+                self.remove_slab(&mut central, position);
+            }
+        }
     }
 
-    /// Hand wholly free slabs of a class back to the region, keeping
-    /// `keep` of them for the class.
-    fn give_back_empty_slabs(&self, class: usize, central: &mut ClassCentral, keep: usize) {
+    /// Hand every wholly free slab of a class back to the region.
+    fn give_back_empty_slabs(&self, class: usize, central: &mut ClassCentral) {
         let slots = slots_per_slab(class);
-        let mut kept = 0;
         let mut position = 0;
         while position < central.slabs.len() {
-            if central.slabs[position].free_slots.free_blocks() != slots {
+            if central.slabs[position].free_slots.free_blocks() == slots {
+                self.remove_slab(central, position);
+            } else {
                 position += 1;
-                continue;
             }
-            if kept < keep {
-                kept += 1;
-                position += 1;
-                continue;
-            }
-            let removed = central.slabs.swap_remove(position);
-            self.slab_class[removed.slab as usize].store(0, Relaxed);
-            central.partial.retain(|&p| p as usize != position);
-            let moved_from = central.slabs.len();
-            if position < moved_from {
-                let moved = central.slabs[position].slab;
-                self.slab_position[moved as usize].store(position as u32, Relaxed);
-                for p in central.partial.iter_mut() {
-                    if *p as usize == moved_from {
-                        *p = position as u32;
-                    }
+        }
+    }
+
+    /// Take the (wholly free) slab at `position` from its class and put it
+    /// on the region's empty list.
+    fn remove_slab(&self, central: &mut ClassCentral, position: usize) {
+        let removed = central.slabs.swap_remove(position);
+        self.slab_class[removed.slab as usize].store(0, Relaxed);
+        central.partial.retain(|&p| p as usize != position);
+        let moved_from = central.slabs.len();
+        if position < moved_from {
+            let moved = central.slabs[position].slab;
+            self.slab_position[moved as usize].store(position as u32, Relaxed);
+            for p in central.partial.iter_mut() {
+                if *p as usize == moved_from {
+                    *p = position as u32;
                 }
             }
-            lock(&self.slabs).empty.push(removed.slab);
         }
+        lock(&self.slabs).empty.push(removed.slab);
     }
 
     /// Place a large (or sampled) block; returns its address and length.
@@ -1418,7 +1435,7 @@ impl HybridPool {
         let mut report = ReleaseReport::default();
         for class in 0..CLASS_COUNT {
             let mut central = lock(&shared.classes[class].0);
-            shared.give_back_empty_slabs(class, &mut central, 0);
+            shared.give_back_empty_slabs(class, &mut central);
         }
         {
             let mut region = lock(&shared.slabs);

@@ -526,3 +526,84 @@ fn sampled_allocations_are_recorded_and_forgotten() {
     assert_eq!(pool.stats().allocated.current_bytes, 0);
     pool.check_invariants();
 }
+
+/// Allocates through one call site (its `Location` is this line).
+fn site_small(pool: &HybridPool, size: u64) -> PoolBox<'_> {
+    pool.alloc(size).unwrap()
+}
+
+fn site_large(pool: &HybridPool, size: u64) -> PoolBox<'_> {
+    pool.alloc(size).unwrap()
+}
+
+#[test]
+fn pool_sampling_estimates_each_call_site_within_its_error() {
+    use strata_pool::sampling::sample_probability;
+    const MEAN_BYTES: u64 = 64 << 10;
+    for seed in [11u64, 12, 13] {
+        let pool = HybridPool::new(PoolConfig {
+            profile: ProfileConfig {
+                level: ProfileLevel::Sampled,
+                mean_bytes: MEAN_BYTES,
+                history_events_max: 0,
+                seed,
+            },
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // Known truth per site: total bytes and the exact variance of the
+        // Horvitz-Thompson estimate, sum of s^2 (1 - p) / p.
+        let mut truth = [(0f64, 0f64); 2];
+        let mut held = Vec::new();
+        for i in 0..6000 {
+            let (which, size) = if i % 4 == 0 {
+                (1, rng.gen_range(SMALL_BYTES_MAX + 1..=3 * MIB))
+            } else {
+                (0, rng.gen_range(16..=4096))
+            };
+            let block = if which == 0 {
+                site_small(&pool, size)
+            } else {
+                site_large(&pool, size)
+            };
+            let p = sample_probability(size, MEAN_BYTES);
+            truth[which].0 += size as f64;
+            truth[which].1 += (size * size) as f64 * (1.0 - p) / p;
+            if which == 1 {
+                drop(block); // large blocks freed at once: only the total counts
+            } else {
+                held.push(block);
+            }
+        }
+        let report = pool.profiler().profile();
+        let line = |name: &str| {
+            // The call sites are the `pool.alloc` lines inside the helpers.
+            let source = include_str!("hybrid.rs");
+            let at = source.find(&format!("fn {name}(")).unwrap();
+            source[..at].lines().count() + 2
+        };
+        for (which, name) in [(0usize, "site_small"), (1, "site_large")] {
+            let wanted = format!("hybrid.rs:{}:", line(name));
+            let site = report
+                .sites
+                .iter()
+                .find(|s| s.site.contains(&wanted))
+                .unwrap_or_else(|| panic!("seed {seed}: no site {wanted} in {report}"));
+            let (bytes, variance) = truth[which];
+            let sigma = variance.sqrt();
+            let estimate = site.estimates.estimated_total_bytes;
+            assert!(
+                (estimate - bytes).abs() <= 4.0 * sigma,
+                "seed {seed} {name}: estimate {estimate:.0} vs true {bytes:.0} (sigma {sigma:.0})"
+            );
+            let claimed = site.estimates.total_bytes_std_error;
+            assert!(
+                claimed > sigma / 3.0 && claimed < sigma * 3.0,
+                "seed {seed} {name}: claimed error {claimed:.0} vs exact {sigma:.0}"
+            );
+        }
+        drop(held);
+        assert_eq!(pool.profiler().live_samples(), 0, "seed {seed}");
+    }
+}
