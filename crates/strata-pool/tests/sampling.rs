@@ -16,8 +16,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use strata_pool::sampling::{
     sample_probability, sample_weight, ByteSampler, HistoryEvent, HistoryEventKind, ManualClock,
-    ProfileConfig, ProfileLevel, Profiler, SampleRecord, SamplingError, HISTORY_EVENTS_LIMIT,
-    SAMPLE_MEAN_BYTES_DEFAULT, SITE_ID_UNKNOWN,
+    ProfileConfig, ProfileLevel, Profiler, ProfilerMetadata, SampleHandle, SampleRecord,
+    SamplingError, HISTORY_EVENTS_LIMIT, SAMPLE_HANDLES_MAX, SAMPLE_MEAN_BYTES_DEFAULT,
+    SAMPLE_SLAB_GROW_DIVISOR, SAMPLE_SLAB_GROW_MIN_ENTRIES, SITE_ID_UNKNOWN,
 };
 
 /// Standard deviations allowed between an estimate and its expectation.
@@ -161,58 +162,57 @@ fn disabled_and_edge_samplers() {
 // ---------------------------------------------------------------------------
 // (2) Estimates on a workload with known truth.
 
+/// How a sample was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recorded {
+    /// By address: freed with `record_free(addr)`.
+    Address,
+    /// By handle: freed with `record_free_handle`.
+    Handle(SampleHandle),
+}
+
+type AllocResult = (Option<Recorded>, &'static Location<'static>);
+
 /// The pool's entry point: `#[track_caller]`, so the recorded site is the
-/// line that called it.
+/// line that called it. Odd addresses are recorded by handle, even ones by
+/// address, so the estimates cover both.
 #[track_caller]
 fn pool_alloc(
     sampler: &mut ByteSampler,
     profiler: &Profiler,
     addr: usize,
     size_bytes: u64,
-) -> (bool, &'static Location<'static>) {
+) -> AllocResult {
     let site = Location::caller();
-    let sampled = sampler.sample(size_bytes);
-    if sampled {
+    if !sampler.sample(size_bytes) {
+        return (None, site);
+    }
+    let recorded = if addr % 2 == 1 {
+        profiler
+            .record_alloc_handle(size_bytes, Some(site))
+            .map(Recorded::Handle)
+    } else {
         profiler
             .record_alloc(addr, size_bytes, Some(site))
-            .unwrap_or_else(|error| panic!("record_alloc({addr}, {size_bytes}): {error}"));
-    }
-    (sampled, site)
+            .map(|()| Recorded::Address)
+    };
+    let recorded = recorded.unwrap_or_else(|error| panic!("record {addr}, {size_bytes}: {error}"));
+    (Some(recorded), site)
 }
 
-fn alloc_small(
-    s: &mut ByteSampler,
-    p: &Profiler,
-    addr: usize,
-    size: u64,
-) -> (bool, &'static Location<'static>) {
+fn alloc_small(s: &mut ByteSampler, p: &Profiler, addr: usize, size: u64) -> AllocResult {
     pool_alloc(s, p, addr, size)
 }
 
-fn alloc_medium(
-    s: &mut ByteSampler,
-    p: &Profiler,
-    addr: usize,
-    size: u64,
-) -> (bool, &'static Location<'static>) {
+fn alloc_medium(s: &mut ByteSampler, p: &Profiler, addr: usize, size: u64) -> AllocResult {
     pool_alloc(s, p, addr, size)
 }
 
-fn alloc_large(
-    s: &mut ByteSampler,
-    p: &Profiler,
-    addr: usize,
-    size: u64,
-) -> (bool, &'static Location<'static>) {
+fn alloc_large(s: &mut ByteSampler, p: &Profiler, addr: usize, size: u64) -> AllocResult {
     pool_alloc(s, p, addr, size)
 }
 
-fn alloc_mixed(
-    s: &mut ByteSampler,
-    p: &Profiler,
-    addr: usize,
-    size: u64,
-) -> (bool, &'static Location<'static>) {
+fn alloc_mixed(s: &mut ByteSampler, p: &Profiler, addr: usize, size: u64) -> AllocResult {
     pool_alloc(s, p, addr, size)
 }
 
@@ -295,7 +295,7 @@ fn check_estimate(
 
 #[test]
 fn estimates_within_their_standard_error() {
-    type Helper = fn(&mut ByteSampler, &Profiler, usize, u64) -> (bool, &'static Location<'static>);
+    type Helper = fn(&mut ByteSampler, &Profiler, usize, u64) -> AllocResult;
     const MEAN_BYTES: u64 = SAMPLE_MEAN_BYTES_DEFAULT;
     let helpers: [(Helper, u32); 4] = [
         (alloc_small, 50),
@@ -327,8 +327,9 @@ fn estimates_within_their_standard_error() {
                     rng.gen_range(low..high).exp() as u64
                 }
             };
-            let (sampled, site) =
+            let (recorded, site) =
                 helpers[helper_index].0(&mut sampler, &profiler, addr, size_bytes);
+            let sampled = recorded.is_some();
             total
                 .entry(site)
                 .or_default()
@@ -337,8 +338,15 @@ fn estimates_within_their_standard_error() {
                 live.entry(site)
                     .or_default()
                     .add(size_bytes, MEAN_BYTES, sampled);
-            } else if sampled {
-                let record = profiler.record_free(addr);
+            } else if let Some(recorded) = recorded {
+                let record = match recorded {
+                    Recorded::Address => profiler.record_free(addr),
+                    Recorded::Handle(handle) => Some(
+                        profiler
+                            .record_free_handle(handle)
+                            .unwrap_or_else(|error| panic!("seed {seed}: {error}")),
+                    ),
+                };
                 assert_eq!(
                     record.map(|record| record.size_bytes),
                     Some(size_bytes),
@@ -686,7 +694,10 @@ fn history_ring_is_bounded_and_counts_drops() {
     }
     assert_eq!(profiler.history(), (12..20).map(event).collect::<Vec<_>>());
     assert_eq!(profiler.history_dropped_events(), 12);
-    assert!(profiler.metadata_bytes() >= CAPACITY * size_of::<HistoryEvent>());
+    assert_eq!(
+        profiler.metadata_bytes().history_bytes,
+        CAPACITY * size_of::<HistoryEvent>()
+    );
 
     assert_eq!(
         Profiler::new(ProfileConfig {
@@ -879,6 +890,8 @@ fn metadata_bytes_equals_measured_heap() {
         drop(warm);
 
         for live_target in [0usize, 1, 5, 100, 3000] {
+            // Allocated before the measurement starts.
+            let mut handles = Vec::with_capacity(live_target * 2);
             let before = net_heap_bytes();
             let profiler = Profiler::new(ProfileConfig {
                 level,
@@ -887,23 +900,606 @@ fn metadata_bytes_equals_measured_heap() {
                 seed: 0,
             })
             .unwrap();
+            // Every other sample by address, the rest by handle; free half
+            // of each.
             for addr in 0..live_target * 2 {
-                let site = sites[addr % sites.len()];
-                profiler
-                    .record_alloc(addr, 1 + addr as u64, Some(site))
-                    .unwrap();
+                let site = Some(sites[addr % sites.len()]);
+                let size_bytes = 1 + addr as u64;
+                if addr % 4 < 2 {
+                    profiler.record_alloc(addr, size_bytes, site).unwrap();
+                } else {
+                    handles.push(profiler.record_alloc_handle(size_bytes, site).unwrap());
+                }
             }
-            for addr in (0..live_target * 2).step_by(2) {
+            for addr in (0..live_target * 2).step_by(4) {
                 assert!(profiler.record_free(addr).is_some());
             }
-            let measured = net_heap_bytes() - before;
-            let claimed = profiler.metadata_bytes();
-            assert_eq!(
-                measured, claimed as isize,
-                "level {level}, {live_target} live samples: measured {measured} heap bytes, \
-                 metadata_bytes says {claimed}"
-            );
+            for &handle in handles.iter().step_by(2) {
+                profiler.record_free_handle(handle).unwrap();
+            }
             assert_eq!(profiler.live_samples(), live_target);
+            for phase in ["after the frees", "after shrink"] {
+                if phase == "after shrink" {
+                    let total_before = profiler.metadata_bytes().total();
+                    let released = profiler.shrink();
+                    assert_eq!(
+                        released,
+                        total_before - profiler.metadata_bytes().total(),
+                        "level {level}, {live_target} live samples"
+                    );
+                }
+                let measured = net_heap_bytes() - before;
+                let claimed = profiler.metadata_bytes();
+                assert_eq!(
+                    measured,
+                    claimed.total() as isize,
+                    "level {level}, {live_target} live samples, {phase}: measured {measured} \
+                     heap bytes, metadata_bytes says {claimed:?}"
+                );
+                assert_eq!(
+                    claimed.record_bytes,
+                    16 * live_target,
+                    "level {level}, {phase}: {claimed:?}"
+                );
+                assert_eq!(
+                    claimed.history_bytes,
+                    50 * size_of::<HistoryEvent>(),
+                    "level {level}, {phase}: {claimed:?}"
+                );
+                assert_eq!(
+                    claimed.address_map_bytes == 0,
+                    live_target == 0,
+                    "level {level}, {live_target} live samples, {phase}: {claimed:?}"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (9) The handle API against a naive model of the slab.
+
+/// One slab entry of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ModelEntry {
+    Vacant,
+    /// Recorded by handle: size and site index (3 = unknown).
+    Handle(u64, usize),
+    /// Recorded by address.
+    Address(usize, u64, usize),
+}
+
+/// The slab as a plain vector, a stack of vacant indices (the documented
+/// reuse order: most recently freed first; lowest first after a shrink)
+/// and the capacity (grown by an eighth, at least 64, exact after shrink).
+#[derive(Debug, Default)]
+struct SlabModel {
+    entries: Vec<ModelEntry>,
+    vacant_stack: Vec<u32>,
+    capacity: usize,
+    addresses: HashMap<usize, u32>,
+}
+
+impl SlabModel {
+    fn next_handle(&self) -> u32 {
+        self.vacant_stack
+            .last()
+            .copied()
+            .unwrap_or(self.entries.len() as u32)
+    }
+
+    fn insert(&mut self, entry: ModelEntry) -> u32 {
+        let handle = match self.vacant_stack.pop() {
+            Some(handle) => handle,
+            None => {
+                let len = self.entries.len();
+                if len == self.capacity {
+                    self.capacity +=
+                        (len / SAMPLE_SLAB_GROW_DIVISOR).max(SAMPLE_SLAB_GROW_MIN_ENTRIES);
+                }
+                self.entries.push(ModelEntry::Vacant);
+                len as u32
+            }
+        };
+        self.entries[handle as usize] = entry;
+        if let ModelEntry::Address(addr, ..) = entry {
+            self.addresses.insert(addr, handle);
+        }
+        handle
+    }
+
+    fn remove(&mut self, handle: u32) -> ModelEntry {
+        let entry = std::mem::replace(&mut self.entries[handle as usize], ModelEntry::Vacant);
+        if let ModelEntry::Address(addr, ..) = entry {
+            self.addresses.remove(&addr);
+        }
+        self.vacant_stack.push(handle);
+        entry
+    }
+
+    fn shrink(&mut self) {
+        while self.entries.last() == Some(&ModelEntry::Vacant) {
+            self.entries.pop();
+        }
+        self.vacant_stack = (0..self.entries.len() as u32)
+            .rev()
+            .filter(|&index| self.entries[index as usize] == ModelEntry::Vacant)
+            .collect();
+        self.capacity = self.entries.len();
+    }
+
+    fn live(&self) -> usize {
+        self.entries.len() - self.vacant()
+    }
+
+    fn vacant(&self) -> usize {
+        self.vacant_stack.len()
+    }
+
+    /// What `record_free_handle(handle)` must answer, without the record.
+    fn expected_free(&self, handle: u32) -> Result<ModelEntry, SamplingError> {
+        let sample_handle = SampleHandle::from_index(handle).unwrap();
+        match self.entries.get(handle as usize) {
+            None => Err(SamplingError::StaleHandle {
+                handle: sample_handle,
+                slab_entries: self.entries.len(),
+            }),
+            Some(ModelEntry::Vacant) => Err(SamplingError::VacantHandle {
+                handle: sample_handle,
+            }),
+            Some(ModelEntry::Address(..)) => Err(SamplingError::AddressKeyed {
+                handle: sample_handle,
+            }),
+            Some(&entry) => Ok(entry),
+        }
+    }
+}
+
+#[test]
+fn handle_api_matches_naive_model() {
+    const OPERATIONS: usize = 30_000;
+    const ADDRESSES: usize = 300;
+    let locations: [&'static Location<'static>; 3] =
+        [Location::caller(), Location::caller(), Location::caller()];
+    for seed in [200u64, 201, 202, 203] {
+        let clock = Arc::new(ManualClock::new());
+        let profiler = Profiler::with_clock(
+            config(ProfileLevel::Sampled, SAMPLE_MEAN_BYTES_DEFAULT, seed),
+            clock.clone(),
+        )
+        .unwrap();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut model = SlabModel::default();
+        let mut site_ids: [Option<u32>; 4] = [None, None, None, Some(SITE_ID_UNKNOWN)];
+        let mut sampled_per_site = [0u64; 4];
+        // Outcomes seen: stale, vacant, recorded by address, shrinks that
+        // dropped a tail; each must occur.
+        let mut outcomes = [0u32; 4];
+        // Check a returned record against the model's entry.
+        let mut check_record = |record: SampleRecord, size_bytes: u64, site: usize, what: &str| {
+            assert_eq!(record.size_bytes, size_bytes, "seed {seed}, {what}");
+            let id = *site_ids[site].get_or_insert(record.site_id);
+            assert_eq!(record.site_id, id, "seed {seed}, {what}: site {site}");
+        };
+        // Bursts of allocations and of frees, so the slab grows, empties
+        // and leaves vacant tails.
+        let mut alloc_bias = 0.6;
+        for operation in 0..OPERATIONS {
+            if operation % 2000 == 0 {
+                alloc_bias = if alloc_bias > 0.5 { 0.3 } else { 0.7 };
+            }
+            clock.advance(Duration::from_millis(rng.gen_range(0..3)));
+            let what = format!("op {operation}");
+            let size_bytes = rng.gen_range(1..=(1u64 << 22));
+            let site = rng.gen_range(0..4usize);
+            let location = locations.get(site).copied();
+            let roll: f64 = rng.gen();
+            if roll < alloc_bias * 0.75 {
+                let expected = model.next_handle();
+                let handle = profiler
+                    .record_alloc_handle(size_bytes, location)
+                    .unwrap_or_else(|error| panic!("seed {seed}, {what}: {error}"));
+                assert_eq!(handle.index(), expected, "seed {seed}, {what}");
+                assert_eq!(model.insert(ModelEntry::Handle(size_bytes, site)), expected);
+                sampled_per_site[site] += 1;
+            } else if roll < alloc_bias {
+                let addr = rng.gen_range(1..=ADDRESSES);
+                let result = profiler.record_alloc(addr, size_bytes, location);
+                match model.addresses.get(&addr) {
+                    Some(&handle) => {
+                        let ModelEntry::Address(_, live_size_bytes, _) =
+                            model.entries[handle as usize]
+                        else {
+                            panic!("seed {seed}, {what}: model maps {addr} to {handle}");
+                        };
+                        assert_eq!(
+                            result,
+                            Err(SamplingError::AlreadyLive {
+                                addr,
+                                live_size_bytes,
+                                size_bytes
+                            }),
+                            "seed {seed}, {what}"
+                        );
+                    }
+                    None => {
+                        assert_eq!(result, Ok(()), "seed {seed}, {what}");
+                        model.insert(ModelEntry::Address(addr, size_bytes, site));
+                        sampled_per_site[site] += 1;
+                    }
+                }
+            } else if roll < 0.85 {
+                // Free a live sample recorded by handle, sometimes twice.
+                let live: Vec<u32> = (0..model.entries.len() as u32)
+                    .filter(|&index| {
+                        matches!(model.entries[index as usize], ModelEntry::Handle(..))
+                    })
+                    .collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let handle = live[rng.gen_range(0..live.len())];
+                let sample_handle = SampleHandle::from_index(handle).unwrap();
+                let record = profiler
+                    .record_free_handle(sample_handle)
+                    .unwrap_or_else(|error| panic!("seed {seed}, {what}: {error}"));
+                let ModelEntry::Handle(size_bytes, site) = model.remove(handle) else {
+                    unreachable!()
+                };
+                check_record(record, size_bytes, site, &what);
+                if rng.gen_bool(0.3) {
+                    assert_eq!(
+                        profiler.record_free_handle(sample_handle),
+                        Err(SamplingError::VacantHandle {
+                            handle: sample_handle
+                        }),
+                        "seed {seed}, {what}: double free"
+                    );
+                }
+            } else if roll < 0.93 {
+                // Any handle: live, vacant, recorded by address or past the end.
+                let handle = rng.gen_range(0..model.entries.len() as u32 + 3);
+                let result = profiler.record_free_handle(SampleHandle::from_index(handle).unwrap());
+                match model.expected_free(handle) {
+                    Err(error) => {
+                        outcomes[match error {
+                            SamplingError::StaleHandle { .. } => 0,
+                            SamplingError::VacantHandle { .. } => 1,
+                            _ => 2,
+                        }] += 1;
+                        assert_eq!(result, Err(error), "seed {seed}, {what}");
+                    }
+                    Ok(_) => {
+                        let ModelEntry::Handle(size_bytes, site) = model.remove(handle) else {
+                            unreachable!()
+                        };
+                        let record =
+                            result.unwrap_or_else(|error| panic!("seed {seed}, {what}: {error}"));
+                        check_record(record, size_bytes, site, &what);
+                    }
+                }
+            } else if roll < 0.995 {
+                let addr = rng.gen_range(1..=ADDRESSES);
+                let record = profiler.record_free(addr);
+                match model.addresses.get(&addr).copied() {
+                    None => assert_eq!(record, None, "seed {seed}, {what}: free {addr}"),
+                    Some(handle) => {
+                        let ModelEntry::Address(_, size_bytes, site) = model.remove(handle) else {
+                            unreachable!()
+                        };
+                        let record = record.unwrap_or_else(|| {
+                            panic!("seed {seed}, {what}: live {addr} not found")
+                        });
+                        check_record(record, size_bytes, site, &what);
+                    }
+                }
+            } else {
+                let before = profiler.metadata_bytes();
+                let released = profiler.shrink();
+                let entries_before = model.entries.len();
+                model.shrink();
+                outcomes[3] += u32::from(model.entries.len() < entries_before);
+                let after = profiler.metadata_bytes();
+                assert_eq!(
+                    released,
+                    before.total() - after.total(),
+                    "seed {seed}, {what}: {before:?} -> {after:?}"
+                );
+            }
+            assert_eq!(profiler.live_samples(), model.live(), "seed {seed}, {what}");
+            assert_eq!(
+                profiler.vacant_entries(),
+                model.vacant(),
+                "seed {seed}, {what}"
+            );
+            let metadata = profiler.metadata_bytes();
+            assert_eq!(
+                (metadata.record_bytes, metadata.vacant_bytes),
+                (16 * model.live(), 16 * (model.capacity - model.live())),
+                "seed {seed}, {what}: {metadata:?}, model capacity {}",
+                model.capacity
+            );
+            if operation % 1000 == 0 {
+                profiler.check_invariants();
+            }
+        }
+        profiler.check_invariants();
+        assert!(
+            outcomes.iter().all(|&seen| seen > 0),
+            "seed {seed}: stale, vacant, by-address refusals and tail drops seen {outcomes:?}"
+        );
+
+        // Reports see the samples recorded either way.
+        let live_weights = |site: usize| {
+            model
+                .entries
+                .iter()
+                .filter_map(|entry| match *entry {
+                    ModelEntry::Handle(size, s) | ModelEntry::Address(_, size, s) if s == site => {
+                        Some(sample_weight(size, SAMPLE_MEAN_BYTES_DEFAULT).unwrap())
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let report = profiler.profile();
+        let leaks = profiler.leak_report(Duration::ZERO);
+        for site in 0..4 {
+            let site_id = site_ids[site].unwrap_or_else(|| panic!("seed {seed}: site {site}"));
+            let profile_row = report
+                .sites
+                .iter()
+                .find(|row| row.site_id == site_id)
+                .unwrap_or_else(|| panic!("seed {seed}: no site {site_id}\n{report}"));
+            let weights = live_weights(site);
+            let expected_bytes: f64 = weights.iter().map(|weight| weight.bytes).sum();
+            let estimates = &profile_row.estimates;
+            assert_eq!(
+                (estimates.sampled_count, estimates.live_sampled_count),
+                (sampled_per_site[site], weights.len() as u64),
+                "seed {seed}, site {site}"
+            );
+            assert!(
+                (estimates.estimated_live_bytes - expected_bytes).abs() <= 1e-9 * expected_bytes,
+                "seed {seed}, site {site}: live {} vs model {expected_bytes}",
+                estimates.estimated_live_bytes
+            );
+            let leak_row = leaks.sites.iter().find(|row| row.site_id == site_id);
+            assert_eq!(
+                leak_row.map_or(0, |row| row.estimates.sampled_count),
+                weights.len() as u64,
+                "seed {seed}, site {site}"
+            );
+            if let Some(row) = leak_row {
+                assert_eq!(
+                    row.estimates.estimated_bytes,
+                    estimates.estimated_live_bytes
+                );
+            }
+        }
+        assert_eq!(report.totals.live_sampled_count, model.live() as u64);
+    }
+}
+
+#[test]
+fn handle_errors_and_limits() {
+    let profiler = Profiler::new(ProfileConfig::default()).unwrap();
+    assert_eq!(
+        profiler.record_alloc_handle(0, None),
+        Err(SamplingError::ZeroProbability {
+            size_bytes: 0,
+            mean_bytes: SAMPLE_MEAN_BYTES_DEFAULT
+        })
+    );
+    assert_eq!(profiler.live_samples(), 0);
+    let empty = profiler.metadata_bytes();
+    assert_eq!(
+        (
+            empty.record_bytes,
+            empty.vacant_bytes,
+            empty.address_map_bytes
+        ),
+        (0, 0, 0),
+        "{empty:?}"
+    );
+    let first = profiler.record_alloc_handle(100, None).unwrap();
+    let handle = SampleHandle::from_index(5).unwrap();
+    let stale = profiler.record_free_handle(handle).unwrap_err();
+    assert_eq!(
+        stale,
+        SamplingError::StaleHandle {
+            handle,
+            slab_entries: 1
+        }
+    );
+    profiler.record_alloc(0x1000, 200, None).unwrap();
+    let keyed = SampleHandle::from_index(1).unwrap();
+    let by_address = profiler.record_free_handle(keyed).unwrap_err();
+    assert_eq!(by_address, SamplingError::AddressKeyed { handle: keyed });
+    assert_eq!(profiler.live_samples(), 2, "refusals changed nothing");
+    assert_eq!(
+        profiler.record_free(0x1000).map(|r| r.size_bytes),
+        Some(200)
+    );
+    assert_eq!(profiler.record_free_handle(first).unwrap().size_bytes, 100);
+    let vacant = profiler.record_free_handle(first).unwrap_err();
+    assert_eq!(vacant, SamplingError::VacantHandle { handle: first });
+    profiler.check_invariants();
+    for (error, words) in [
+        (stale, &["#5", "1 entries"][..]),
+        (by_address, &["#1", "address"][..]),
+        (vacant, &["#0", "already freed"][..]),
+        (
+            SamplingError::HandlesExhausted {
+                max_handles: SAMPLE_HANDLES_MAX,
+            },
+            &["2147483647"][..],
+        ),
+    ] {
+        let text = error.to_string();
+        assert!(words.iter().all(|word| text.contains(word)), "{text}");
+    }
+    // Tags: 0 means "not sampled"; the largest tag fits in 31 bits.
+    assert_eq!(SampleHandle::from_tag(0), None);
+    assert_eq!(SampleHandle::from_tag(first.to_tag()), Some(first));
+    let largest = SampleHandle::from_index(SAMPLE_HANDLES_MAX - 1).unwrap();
+    assert!(
+        largest.to_tag() < 1 << 31,
+        "largest tag {} needs 32 bits",
+        largest.to_tag()
+    );
+    assert_eq!(SampleHandle::from_index(SAMPLE_HANDLES_MAX), None);
+}
+
+// ---------------------------------------------------------------------------
+// (10) A sample recorded by handle costs exactly 16 bytes of heap.
+
+#[test]
+fn handle_samples_cost_exactly_16_bytes() {
+    let site: &'static Location<'static> = Location::caller();
+    let profiler =
+        Profiler::new(config(ProfileLevel::Sampled, SAMPLE_MEAN_BYTES_DEFAULT, 0)).unwrap();
+    // Intern the site, then release the slab: what stays is the site table.
+    let warm = profiler.record_alloc_handle(1, Some(site)).unwrap();
+    profiler.record_free_handle(warm).unwrap();
+    profiler.shrink();
+    let empty = profiler.metadata_bytes();
+    assert_eq!(
+        (empty.record_bytes, empty.vacant_bytes),
+        (0, 0),
+        "{empty:?}"
+    );
+    for samples in [1usize, 7, 64, 65, 1000, 5000] {
+        let mut handles = Vec::with_capacity(samples);
+        let before = net_heap_bytes();
+        for index in 0..samples {
+            handles.push(
+                profiler
+                    .record_alloc_handle(1 + index as u64, Some(site))
+                    .unwrap(),
+            );
+        }
+        // Growing: the slack is reported as vacant and bounded by the
+        // growth step.
+        let grown = profiler.metadata_bytes();
+        let measured = net_heap_bytes() - before;
+        assert_eq!(
+            measured,
+            (grown.record_bytes + grown.vacant_bytes) as isize,
+            "{samples} samples: {grown:?}"
+        );
+        assert_eq!(grown.record_bytes, 16 * samples, "{grown:?}");
+        let slack_max = 16 * (samples / SAMPLE_SLAB_GROW_DIVISOR).max(SAMPLE_SLAB_GROW_MIN_ENTRIES);
+        assert!(
+            grown.vacant_bytes < slack_max,
+            "{samples} samples: {grown:?}, slack at most {slack_max}"
+        );
+        // Shrunk: exactly 16 bytes each, nothing else.
+        profiler.shrink();
+        let measured = net_heap_bytes() - before;
+        let shrunk = profiler.metadata_bytes();
+        assert_eq!(
+            measured,
+            16 * samples as isize,
+            "{samples} samples: {shrunk:?}"
+        );
+        assert_eq!(
+            shrunk,
+            ProfilerMetadata {
+                record_bytes: 16 * samples,
+                ..empty
+            },
+            "{samples} samples"
+        );
+        // A burst of frees leaves vacant entries until shrink drops the tail.
+        for &handle in handles.iter().rev() {
+            profiler.record_free_handle(handle).unwrap();
+        }
+        let vacated = profiler.metadata_bytes();
+        assert_eq!(
+            (vacated.record_bytes, vacated.vacant_bytes),
+            (0, 16 * samples),
+            "{samples} samples"
+        );
+        assert_eq!(profiler.vacant_entries(), samples);
+        assert_eq!(profiler.shrink(), 16 * samples);
+        assert_eq!(net_heap_bytes() - before, 0, "{samples} samples");
+        assert_eq!(profiler.metadata_bytes(), empty);
+        profiler.check_invariants();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (11) Reports do not depend on how samples were recorded.
+
+#[test]
+fn reports_are_the_same_for_handle_and_address_samples() {
+    let sites: [&'static Location<'static>; 3] =
+        [Location::caller(), Location::caller(), Location::caller()];
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Mode {
+        Address,
+        Handle,
+        Mixed,
+    }
+    for seed in [300u64, 301] {
+        let reports: Vec<_> = [Mode::Address, Mode::Handle, Mode::Mixed]
+            .into_iter()
+            .map(|mode| {
+                let clock = Arc::new(ManualClock::new());
+                let profiler = Profiler::with_clock(
+                    config(ProfileLevel::Sampled, SAMPLE_MEAN_BYTES_DEFAULT, seed),
+                    clock.clone(),
+                )
+                .unwrap();
+                let mut rng = SmallRng::seed_from_u64(seed);
+                let mut live: Vec<(usize, Recorded)> = Vec::new();
+                for addr in 1..=3000usize {
+                    clock.advance(Duration::from_millis(rng.gen_range(0..20)));
+                    let size_bytes = rng.gen_range(1..=(1u64 << 24));
+                    let site = sites.get(rng.gen_range(0..4)).copied();
+                    let by_handle = match mode {
+                        Mode::Address => false,
+                        Mode::Handle => true,
+                        Mode::Mixed => addr % 3 == 0,
+                    };
+                    let recorded = if by_handle {
+                        Recorded::Handle(profiler.record_alloc_handle(size_bytes, site).unwrap())
+                    } else {
+                        profiler.record_alloc(addr, size_bytes, site).unwrap();
+                        Recorded::Address
+                    };
+                    live.push((addr, recorded));
+                    if rng.gen_bool(0.4) {
+                        let (addr, recorded) = live.swap_remove(rng.gen_range(0..live.len()));
+                        let record = match recorded {
+                            Recorded::Address => profiler.record_free(addr).unwrap(),
+                            Recorded::Handle(handle) => {
+                                profiler.record_free_handle(handle).unwrap()
+                            }
+                        };
+                        assert!(record.size_bytes > 0, "seed {seed}, {mode:?}");
+                    }
+                }
+                profiler.check_invariants();
+                let leaks =
+                    [0u64, 10, 30].map(|secs| profiler.leak_report(Duration::from_secs(secs)));
+                (mode, profiler.profile(), leaks)
+            })
+            .collect();
+        let (_, profile, leaks) = &reports[0];
+        assert!(
+            profile.totals.live_sampled_count > 0,
+            "seed {seed}\n{profile}"
+        );
+        assert!(
+            leaks[1].totals.sampled_count > 0,
+            "seed {seed}\n{}",
+            leaks[1]
+        );
+        for (mode, other_profile, other_leaks) in &reports[1..] {
+            assert_eq!(other_profile, profile, "seed {seed}, {mode:?}");
+            assert_eq!(other_leaks, leaks, "seed {seed}, {mode:?}");
         }
     }
 }

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use super::history::HistoryRing;
 use super::report::{method_note, Accumulator};
 use super::sampler::{mix64, sample_weight};
+use super::slab::{Keying, SampleHandle, SampleSlab};
 use super::stack::{capture_cost_ns, site_hash, site_label, CapturedStack};
 use super::{
     ByteSampler, HistoryEvent, LeakEstimates, LeakReport, LeakSite, ProfileEstimates,
-    ProfileReport, SamplingError, SiteProfile, HISTORY_EVENTS_LIMIT, SAMPLE_MEAN_BYTES_DEFAULT,
-    SAMPLE_MEAN_BYTES_DISABLED, SITES_MAX, SITE_ID_OVERFLOW, SITE_ID_UNKNOWN, STACK_COST_CAPTURES,
+    ProfileReport, SampleWeight, SamplingError, SiteProfile, HISTORY_EVENTS_LIMIT,
+    SAMPLE_HANDLES_MAX, SAMPLE_MEAN_BYTES_DEFAULT, SAMPLE_MEAN_BYTES_DISABLED, SITES_MAX,
+    SITE_ID_OVERFLOW, SITE_ID_UNKNOWN, STACK_COST_CAPTURES,
 };
 
 /// How much the profiler records.
@@ -68,7 +70,8 @@ impl Default for ProfileConfig {
     }
 }
 
-/// What the profiler keeps per live sampled allocation: 16 bytes.
+/// What the profiler keeps per live sampled allocation: 16 bytes, one
+/// entry of the live-sample slab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SampleRecord {
     /// Size of the allocation.
@@ -83,6 +86,36 @@ pub struct SampleRecord {
 }
 
 const _: () = assert!(size_of::<SampleRecord>() <= 16);
+
+/// Heap bytes a [`Profiler`] holds, by part, from the capacities
+/// ([`Profiler::metadata_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProfilerMetadata {
+    /// Live records in the slab: exactly 16 bytes per live sample.
+    pub record_bytes: usize,
+    /// The rest of the slab: vacant entries (freed samples below the
+    /// highest live one, or not yet dropped by [`Profiler::shrink`]) and
+    /// spare capacity, 16 bytes per entry.
+    pub vacant_bytes: usize,
+    /// The address-to-handle map of samples recorded by address (std's
+    /// SwissTable: entries, control bytes, slack).
+    pub address_map_bytes: usize,
+    /// The site table, its hash index and the stack frames.
+    pub site_table_bytes: usize,
+    /// The history ring.
+    pub history_bytes: usize,
+}
+
+impl ProfilerMetadata {
+    /// All parts.
+    pub fn total(&self) -> usize {
+        self.record_bytes
+            + self.vacant_bytes
+            + self.address_map_bytes
+            + self.site_table_bytes
+            + self.history_bytes
+    }
+}
 
 /// A clock moved by hand, for tests and replays: build the profiler with
 /// [`Profiler::with_clock`] and [`advance`](ManualClock::advance) it.
@@ -162,10 +195,13 @@ impl Site {
 /// overflow sites (no location, no frames); the frames of the other sites
 /// tile `stack_frames` in order; every other site is on the hash chain of
 /// its key's hash, starting at `site_index`; every live record names an
-/// existing site, and a site has no more live samples than samples.
+/// existing site, and a site has no more live samples than samples; the
+/// address map names exactly the slab's entries recorded by address.
 #[derive(Debug)]
 struct Tables {
-    live: HashMap<usize, SampleRecord>,
+    live: SampleSlab,
+    /// Handles of the samples recorded by address.
+    address_map: HashMap<usize, SampleHandle>,
     sites: Vec<Site>,
     site_index: HashMap<u64, u32>,
     stack_frames: Vec<usize>,
@@ -261,7 +297,8 @@ impl Profiler {
             });
         }
         let tables = Tables {
-            live: HashMap::new(),
+            live: SampleSlab::new(SAMPLE_HANDLES_MAX),
+            address_map: HashMap::new(),
             // Unknown and overflow.
             sites: vec![Site::reserved(), Site::reserved()],
             site_index: HashMap::new(),
@@ -315,62 +352,162 @@ impl Profiler {
         u32::try_from(self.time.elapsed().as_millis()).unwrap_or(u32::MAX)
     }
 
-    /// Records a sampled allocation of `size_bytes` at `addr`, made at
-    /// `site` (`None`: unknown). At [`ProfileLevel::Detailed`] the stack is
-    /// captured here, before the lock is taken. Recorded whatever the
-    /// level: the level only decides the samplers and the stack capture.
+    /// Records a sampled allocation of `size_bytes` made at `site`
+    /// (`None`: unknown) and returns its handle, which the caller keeps and
+    /// passes to [`record_free_handle`](Profiler::record_free_handle). The
+    /// sample costs exactly one 16-byte [`SampleRecord`]. At
+    /// [`ProfileLevel::Detailed`] the stack is captured here, before the
+    /// lock is taken. Recorded whatever the level: the level only decides
+    /// the samplers and the stack capture.
     ///
-    /// Refused (nothing changes) if `addr` already has a live sample, or if
-    /// an allocation of that size is never sampled (`p = 0`).
+    /// Refused (nothing changes) if an allocation of that size is never
+    /// sampled (`p = 0`), or if the slab holds [`SAMPLE_HANDLES_MAX`]
+    /// entries and none is vacant.
+    pub fn record_alloc_handle(
+        &self,
+        size_bytes: u64,
+        site: Option<&'static Location<'static>>,
+    ) -> Result<SampleHandle, SamplingError> {
+        let weight = self.weight(size_bytes)?;
+        // Captured here, not in a shared helper, so the stack does not
+        // spend a frame on it.
+        let stack = if self.level == ProfileLevel::Detailed {
+            CapturedStack::capture()
+        } else {
+            CapturedStack::EMPTY
+        };
+        self.insert_sample(&weight, size_bytes, site, &stack, None)
+    }
+
+    /// Records the free of the sample `handle` names and returns its record.
+    ///
+    /// Refused (nothing changes) if the handle is past the slab's end
+    /// ([`SamplingError::StaleHandle`]), names a vacant entry, i.e. a sample
+    /// already freed ([`SamplingError::VacantHandle`]), or names a sample
+    /// recorded by address ([`SamplingError::AddressKeyed`]). A handle whose
+    /// entry was reused names the new sample: free each handle once.
+    pub fn record_free_handle(&self, handle: SampleHandle) -> Result<SampleRecord, SamplingError> {
+        self.lock().live.remove(handle, Keying::Handle)
+    }
+
+    /// Records a sampled allocation of `size_bytes` at `addr`, made at
+    /// `site` (`None`: unknown), for callers that have nowhere to keep a
+    /// handle (a global allocator): the profiler maps the address to the
+    /// sample's handle itself, which costs the map's bytes
+    /// ([`ProfilerMetadata::address_map_bytes`], 16 per entry plus slack)
+    /// on top of the 16-byte record. Otherwise as
+    /// [`record_alloc_handle`](Profiler::record_alloc_handle).
+    ///
+    /// Refused (nothing changes) if `addr` already has a live sample, if an
+    /// allocation of that size is never sampled (`p = 0`), or if the slab
+    /// is full.
     pub fn record_alloc(
         &self,
         addr: usize,
         size_bytes: u64,
         site: Option<&'static Location<'static>>,
     ) -> Result<(), SamplingError> {
-        let weight =
-            sample_weight(size_bytes, self.mean_bytes).ok_or(SamplingError::ZeroProbability {
-                size_bytes,
-                mean_bytes: self.mean_bytes,
-            })?;
+        let weight = self.weight(size_bytes)?;
         let stack = if self.level == ProfileLevel::Detailed {
             CapturedStack::capture()
         } else {
             CapturedStack::EMPTY
         };
-        let hash = site_hash(site, stack.frames());
-        let alloc_ms = self.now_ms();
-        let mut tables = self.lock();
-        if let Some(live) = tables.live.get(&addr) {
-            return Err(SamplingError::AlreadyLive {
-                addr,
-                live_size_bytes: live.size_bytes,
-                size_bytes,
-            });
-        }
-        let site_id = tables.intern_site(site, stack.frames(), hash);
-        tables.sites[site_id as usize].cumulative.add(&weight);
-        tables.live.insert(
-            addr,
-            SampleRecord {
-                size_bytes,
-                alloc_ms,
-                site_id,
-            },
-        );
-        Ok(())
+        self.insert_sample(&weight, size_bytes, site, &stack, Some(addr))
+            .map(|_| ())
     }
 
     /// Records the free of the sampled allocation at `addr` and returns its
-    /// record; `None` if `addr` has no live sample (a bookkeeping error of
-    /// the caller; nothing changes).
+    /// record; `None` if `addr` has no live sample recorded by address (a
+    /// bookkeeping error of the caller; nothing changes).
     pub fn record_free(&self, addr: usize) -> Option<SampleRecord> {
-        self.lock().live.remove(&addr)
+        let mut tables = self.lock();
+        let handle = tables.address_map.remove(&addr)?;
+        match tables.live.remove(handle, Keying::Address) {
+            Ok(record) => Some(record),
+            Err(error) => panic!(
+                "address map names handle {handle} for {addr:#x}, but the slab refuses it: {error}"
+            ),
+        }
     }
 
-    /// Live sampled allocations.
+    /// Live sampled allocations, recorded either way.
     pub fn live_samples(&self) -> usize {
-        self.lock().live.len()
+        self.lock().live.live_entries()
+    }
+
+    /// Vacant entries in the slab below its end: freed samples not yet
+    /// reused, nor dropped by [`shrink`](Profiler::shrink).
+    pub fn vacant_entries(&self) -> usize {
+        self.lock().live.vacant_entries()
+    }
+
+    /// Drops the slab's vacant tail and releases its spare capacity and the
+    /// address map's; returns the heap bytes released. Live samples keep
+    /// their handles, so vacant entries below the highest live one stay.
+    /// O(slab entries + address map); meant for the pool's trim path.
+    pub fn shrink(&self) -> usize {
+        let mut tables = self.lock();
+        let map_bytes_before = hash_map_heap_bytes(&tables.address_map);
+        let slab_released_bytes = tables.live.shrink();
+        tables.address_map.shrink_to_fit();
+        slab_released_bytes + map_bytes_before - hash_map_heap_bytes(&tables.address_map)
+    }
+
+    fn weight(&self, size_bytes: u64) -> Result<SampleWeight, SamplingError> {
+        sample_weight(size_bytes, self.mean_bytes).ok_or(SamplingError::ZeroProbability {
+            size_bytes,
+            mean_bytes: self.mean_bytes,
+        })
+    }
+
+    /// Stores a sample, keyed by handle or (with `addr`) by address. Every
+    /// check comes before the first change, so a refusal changes nothing.
+    fn insert_sample(
+        &self,
+        weight: &SampleWeight,
+        size_bytes: u64,
+        site: Option<&'static Location<'static>>,
+        stack: &CapturedStack,
+        addr: Option<usize>,
+    ) -> Result<SampleHandle, SamplingError> {
+        let hash = site_hash(site, stack.frames());
+        let alloc_ms = self.now_ms();
+        let mut tables = self.lock();
+        if let Some(addr) = addr {
+            if let Some(&handle) = tables.address_map.get(&addr) {
+                let live_size_bytes = match tables.live.get(handle) {
+                    Ok((record, _)) => record.size_bytes,
+                    Err(error) => panic!(
+                        "address map names handle {handle} for {addr:#x}, but the slab \
+                         refuses it: {error}"
+                    ),
+                };
+                return Err(SamplingError::AlreadyLive {
+                    addr,
+                    live_size_bytes,
+                    size_bytes,
+                });
+            }
+        }
+        tables.live.check_room()?;
+        let site_id = tables.intern_site(site, stack.frames(), hash);
+        tables.sites[site_id as usize].cumulative.add(weight);
+        let record = SampleRecord {
+            size_bytes,
+            alloc_ms,
+            site_id,
+        };
+        let keying = if addr.is_some() {
+            Keying::Address
+        } else {
+            Keying::Handle
+        };
+        let handle = tables.live.insert(record, keying)?;
+        if let Some(addr) = addr {
+            tables.address_map.insert(addr, handle);
+        }
+        Ok(handle)
     }
 
     /// Whether the history ring is on; no lock.
@@ -397,18 +534,22 @@ impl Profiler {
         self.lock().history.dropped_events()
     }
 
-    /// Heap bytes held by the live table, the site table (with its index and
-    /// stack frames) and the history ring, computed from their capacities.
-    /// The hash tables are counted with the layout of std's SwissTable:
-    /// per bucket one entry and one control byte, plus one group of
-    /// control bytes.
-    pub fn metadata_bytes(&self) -> usize {
+    /// Heap bytes held by the slab (live records and the rest), the address
+    /// map, the site table (with its index and stack frames) and the
+    /// history ring, computed from their capacities. The hash tables are
+    /// counted with the layout of std's SwissTable: per bucket one entry
+    /// and one control byte, plus one group of control bytes.
+    pub fn metadata_bytes(&self) -> ProfilerMetadata {
         let tables = self.lock();
-        hash_map_heap_bytes(&tables.live)
-            + hash_map_heap_bytes(&tables.site_index)
-            + tables.sites.capacity() * size_of::<Site>()
-            + tables.stack_frames.capacity() * size_of::<usize>()
-            + tables.history.heap_bytes()
+        ProfilerMetadata {
+            record_bytes: tables.live.record_bytes(),
+            vacant_bytes: tables.live.vacant_bytes(),
+            address_map_bytes: hash_map_heap_bytes(&tables.address_map),
+            site_table_bytes: hash_map_heap_bytes(&tables.site_index)
+                + tables.sites.capacity() * size_of::<Site>()
+                + tables.stack_frames.capacity() * size_of::<usize>(),
+            history_bytes: tables.history.heap_bytes(),
+        }
     }
 
     /// Mean wall-clock nanoseconds of one stack capture (the extra cost of a
@@ -432,7 +573,7 @@ impl Profiler {
         let mut rows = {
             let tables = self.lock();
             let mut live = vec![Accumulator::default(); tables.sites.len()];
-            for record in tables.live.values() {
+            for record in tables.live.live_records() {
                 if let Some(weight) = sample_weight(record.size_bytes, self.mean_bytes) {
                     live[record.site_id as usize].add(&weight);
                 }
@@ -499,7 +640,7 @@ impl Profiler {
         let mut rows = {
             let tables = self.lock();
             let mut by_site: HashMap<u32, (Accumulator, u64)> = HashMap::new();
-            for record in tables.live.values() {
+            for record in tables.live.live_records() {
                 let age_ms = now_ms.saturating_sub(u64::from(record.alloc_ms));
                 if age_ms < min_age_ms {
                     continue;
@@ -646,22 +787,35 @@ impl Profiler {
             chain_entries, chained_sites,
             "hash chains hold {chain_entries} entries, {chained_sites} sites are interned"
         );
+        tables.live.check_invariants(tables.sites.len());
         let mut live_per_site = vec![0u64; tables.sites.len()];
-        for (addr, record) in &tables.live {
-            assert!(
-                (record.site_id as usize) < tables.sites.len(),
-                "live sample at {addr:#x} names site {} of {}",
-                record.site_id,
-                tables.sites.len()
-            );
+        for record in tables.live.live_records() {
             assert!(
                 sample_weight(record.size_bytes, self.mean_bytes).is_some(),
-                "live sample at {addr:#x} of {} bytes has probability 0 at mean {}",
-                record.size_bytes,
+                "live sample {record:?} has probability 0 at mean {}",
                 self.mean_bytes
             );
             live_per_site[record.site_id as usize] += 1;
         }
+        let mut address_keyed = 0usize;
+        for (&addr, &handle) in &tables.address_map {
+            let entry = tables.live.get(handle);
+            assert!(
+                matches!(entry, Ok((_, Keying::Address))),
+                "address map names handle {handle} for {addr:#x}, the slab holds {entry:?}"
+            );
+            address_keyed += 1;
+        }
+        let slab_address_keyed = tables
+            .live
+            .live_handles()
+            .filter(|&(_, keying)| keying == Keying::Address)
+            .count();
+        assert_eq!(
+            address_keyed, slab_address_keyed,
+            "address map holds {address_keyed} handles, the slab {slab_address_keyed} samples \
+             recorded by address"
+        );
         for (site_id, (site, &live)) in tables.sites.iter().zip(&live_per_site).enumerate() {
             assert!(
                 live <= site.cumulative.sampled_count,
