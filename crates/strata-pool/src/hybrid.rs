@@ -34,6 +34,7 @@ use crate::budget::Reservation;
 use crate::os::{VirtualRange, PAGE_BYTES};
 use crate::sampling::{
     ByteSampler, HistoryEvent, HistoryEventKind, ProfileConfig, ProfileLevel, Profiler,
+    SampleHandle,
 };
 use crate::size_class::{
     class_for, class_size_bytes, slots_per_slab, ALIGN_BYTES_MAX, CLASS_COUNT, SLAB_BYTES,
@@ -68,10 +69,10 @@ const _: () = assert!(CLASS_COUNT < u8::MAX as usize, "slab class table is u8");
 const LARGE_INDEX: usize = CLASS_COUNT;
 /// Counter slots: the small classes and the large path.
 const COUNTER_INDICES: usize = CLASS_COUNT + 1;
-/// Arena block tag of a sampled allocation.
-const TAG_SAMPLED: u32 = 1;
-/// Arena block tag of an ordinary large allocation.
-const TAG_PLAIN: u32 = 0;
+/// Arena block tag of an unsampled block; a sampled block's tag is its
+/// profiler handle ([`SampleHandle::to_tag`], never 0), so the sample's only
+/// bookkeeping is the profiler's 16-byte record.
+const TAG_UNSAMPLED: u32 = 0;
 
 /// How a pool is built.
 #[derive(Clone, Debug)]
@@ -590,6 +591,24 @@ impl Shared {
         lock(&self.slabs).empty.push(removed.slab);
     }
 
+    /// Record a sample, then place its block in an arena with the sample's
+    /// handle as the block's tag. If the profiler refuses (its handles are
+    /// used up), the allocation goes ahead unsampled.
+    fn alloc_sampled(
+        &self,
+        size_bytes: u64,
+        site: &'static Location<'static>,
+    ) -> Result<(usize, u64), PoolError> {
+        let Ok(handle) = self.profiler.record_alloc_handle(size_bytes, Some(site)) else {
+            return self.alloc_large(size_bytes, TAG_UNSAMPLED);
+        };
+        self.alloc_large(size_bytes, handle.to_tag())
+            .inspect_err(|_| {
+                let undone = self.profiler.record_free_handle(handle);
+                debug_assert!(undone.is_ok(), "{undone:?}");
+            })
+    }
+
     /// Place a large (or sampled) block; returns its address and length.
     fn alloc_large(&self, size_bytes: u64, tag: u32) -> Result<(usize, u64), PoolError> {
         let mut large = lock(&self.large);
@@ -880,12 +899,7 @@ impl ThreadCache {
         size_bytes: u64,
         site: &'static Location<'static>,
     ) -> Result<(usize, BlockKind, u64), PoolError> {
-        let (addr, block_bytes) = self.shared.alloc_large(size_bytes, TAG_SAMPLED)?;
-        let recorded = self
-            .shared
-            .profiler
-            .record_alloc(addr, size_bytes, Some(site));
-        debug_assert!(recorded.is_ok(), "sample at {addr:#x}: {recorded:?}");
+        let (addr, block_bytes) = self.shared.alloc_sampled(size_bytes, site)?;
         self.count(LARGE_INDEX, true, block_bytes, size_bytes);
         Ok((addr, BlockKind::Large, block_bytes))
     }
@@ -895,16 +909,10 @@ impl ThreadCache {
         size_bytes: u64,
         site: &'static Location<'static>,
     ) -> Result<(usize, BlockKind, u64), PoolError> {
-        let sampled = self.profiling && self.sampler.sample(size_bytes);
-        let tag = if sampled { TAG_SAMPLED } else { TAG_PLAIN };
-        let (addr, block_bytes) = self.shared.alloc_large(size_bytes, tag)?;
-        if sampled {
-            let recorded = self
-                .shared
-                .profiler
-                .record_alloc(addr, size_bytes, Some(site));
-            debug_assert!(recorded.is_ok(), "sample at {addr:#x}: {recorded:?}");
+        if self.profiling && self.sampler.sample(size_bytes) {
+            return self.alloc_sampled(size_bytes, site);
         }
+        let (addr, block_bytes) = self.shared.alloc_large(size_bytes, TAG_UNSAMPLED)?;
         self.count(LARGE_INDEX, true, block_bytes, size_bytes);
         Ok((addr, BlockKind::Large, block_bytes))
     }
@@ -1125,7 +1133,7 @@ impl HybridPool {
                 )
             }
             None => {
-                let (addr, block_bytes) = shared.alloc_large(size_bytes, TAG_PLAIN)?;
+                let (addr, block_bytes) = shared.alloc_large(size_bytes, TAG_UNSAMPLED)?;
                 (addr, BlockKind::Large, LARGE_INDEX, block_bytes)
             }
         };
@@ -1176,8 +1184,12 @@ impl HybridPool {
             }
             BlockKind::Large => {
                 let (block_bytes, tag) = self.shared.free_large(addr)?;
-                if tag == TAG_SAMPLED {
-                    self.shared.profiler.record_free(addr);
+                if let Some(handle) = SampleHandle::from_tag(tag) {
+                    let forgotten = self.shared.profiler.record_free_handle(handle);
+                    debug_assert!(
+                        forgotten.is_ok(),
+                        "sample {handle} at {addr:#x}: {forgotten:?}"
+                    );
                 }
                 let counted = self.with_cache(|cache| {
                     cache.count(LARGE_INDEX, false, block_bytes, requested_bytes)
@@ -1433,6 +1445,7 @@ impl HybridPool {
         self.with_cache(|cache| cache.flush_all());
         let shared = &*self.shared;
         let mut report = ReleaseReport::default();
+        shared.profiler.shrink();
         for class in 0..CLASS_COUNT {
             let mut central = lock(&shared.classes[class].0);
             shared.give_back_empty_slabs(class, &mut central);
