@@ -147,6 +147,35 @@ impl ChurnPlan {
         ChurnPlan { fill_sizes, steps }
     }
 
+    /// A plan with the given starting sizes and steps (e.g. a workload of
+    /// one size range).
+    ///
+    /// # Panics
+    /// If there are no slots, a size is outside
+    /// `CHURN_SIZE_BYTES_MIN..=CHURN_SIZE_BYTES_MAX`, or a step names a slot
+    /// past the working set.
+    pub fn from_parts(fill_sizes: Vec<u32>, steps: Vec<ChurnStep>) -> ChurnPlan {
+        let sizes = CHURN_SIZE_BYTES_MIN..=CHURN_SIZE_BYTES_MAX;
+        assert!(
+            !fill_sizes.is_empty() && fill_sizes.len() <= u32::MAX as usize,
+            "{} slots",
+            fill_sizes.len()
+        );
+        if let Some(size) = fill_sizes.iter().find(|s| !sizes.contains(s)) {
+            panic!("starting size {size} outside {sizes:?}");
+        }
+        if let Some(step) = steps
+            .iter()
+            .find(|s| !sizes.contains(&s.size_bytes) || s.slot as usize >= fill_sizes.len())
+        {
+            panic!(
+                "step {step:?} outside sizes {sizes:?} or {} slots",
+                fill_sizes.len()
+            );
+        }
+        ChurnPlan { fill_sizes, steps }
+    }
+
     /// Live blocks the working set holds.
     pub fn slots(&self) -> usize {
         self.fill_sizes.len()
@@ -478,6 +507,27 @@ mod tests {
         let mean = a.mean_step_size_bytes();
         // E[2^U], U uniform on [4, 20]: (2^20 - 2^4) / (16 ln 2) = 94,548.
         assert!((mean - 94_548.0).abs() < 0.1 * 94_548.0, "mean {mean}");
+    }
+
+    #[test]
+    fn from_parts_keeps_a_valid_plan() {
+        let steps = vec![ChurnStep {
+            slot: 1,
+            size_bytes: 4096,
+        }];
+        let plan = ChurnPlan::from_parts(vec![16, 32], steps.clone());
+        assert_eq!((plan.slots(), plan.steps()), (2, &steps[..]));
+        assert_eq!(plan.mean_step_size_bytes(), 4096.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside sizes")]
+    fn from_parts_refuses_a_slot_past_the_working_set() {
+        let steps = vec![ChurnStep {
+            slot: 2,
+            size_bytes: 64,
+        }];
+        let _ = ChurnPlan::from_parts(vec![16, 32], steps);
     }
 
     /// Hands out the same block twice after `after` allocations.

@@ -124,7 +124,7 @@ const BUDGET_QUICK: Budget = Budget {
     churn_batch_steps: 1024,
     churn_batches: 64,
     churn_warmup_rounds: 1,
-    churn_rounds: 5,
+    churn_rounds: 11,
     metadata_blocks: 1_000_000,
     trace_batches: 16,
     trace_rounds: 1,
@@ -135,9 +135,9 @@ const BUDGET_FULL: Budget = Budget {
     churn_slots: 1024,
     churn_warmup_steps: 8192,
     churn_batch_steps: 1024,
-    churn_batches: 128,
+    churn_batches: 256,
     churn_warmup_rounds: 1,
-    churn_rounds: 15,
+    churn_rounds: 21,
     metadata_blocks: 1_000_000,
     trace_batches: 32,
     trace_rounds: 3,
@@ -414,7 +414,9 @@ fn churn_benchmarks(
          timed rounds, order rotated per round), \
          all through the same raw alloc/dealloc trait (the pool through its allocator-api2 \
          Allocator impl on &HybridPool; mimalloc, system and TrackingAllocator<MiMalloc> as \
-         GlobalAlloc values). median = median ns per alloc+free pair over all batches of all \
+         GlobalAlloc values; mimalloc is the mimalloc crate, whose libmimalloc-sys builds C \
+         mimalloc v3 unless its v2 feature is on, and which asks for transparent huge pages \
+         while the pool's slabs use 4 KiB pages). median = median ns per alloc+free pair over all batches of all \
          rounds and threads (per thread); throughput = median over rounds of the sum over \
          threads of pairs / timed seconds. After each pool run: allocated 0, alloc and free \
          counts equal to the run's, no refused frees, no live samples, invariants checked",
