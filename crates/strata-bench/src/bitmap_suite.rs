@@ -164,7 +164,7 @@ pub(crate) fn run(
     options: &BenchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<SuiteReport, BenchError> {
-    let budget = if options.quick {
+    let budget = if options.quick || options.smoke {
         BUDGET_QUICK
     } else {
         BUDGET_FULL
@@ -175,7 +175,11 @@ pub(crate) fn run(
         notes: vec![
             format!(
                 "mode {}; seed {SEED:#x}; every baseline is measured in this same run",
-                if options.quick { "quick" } else { "full" }
+                if options.quick || options.smoke {
+                    "quick"
+                } else {
+                    "full"
+                }
             ),
             "ratio = value / baseline_value: below 1 is better for ns rows, \
              above 1 is better for ops/s rows"

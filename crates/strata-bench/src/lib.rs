@@ -19,21 +19,25 @@
 //!   so a ratio below 1 means Strata is faster than the baseline;
 //! - throughput rows (`unit == "ops/s"`, metric `throughput`): higher is
 //!   better, so a ratio above 1 means more operations per second than the
-//!   baseline (for the 2-thread row, the scaling factor over 1 thread).
+//!   baseline (for the 2-thread row, the scaling factor over 1 thread);
+//! - cost rows (`unit` `"ms"`, `"B/alloc"`, `"B/sample"` or `"x"`): lower is
+//!   better, like latencies.
 
 use std::fmt;
 
 use serde::Serialize;
 
 mod bitmap_suite;
+pub mod churn;
 mod flat;
 mod held;
+mod pool_suite;
 pub mod stats;
 
 pub use flat::{FlatBitmap, FlatError};
 
 /// Names of the suites [`run_suite`] knows, in the order they are listed.
-pub const SUITES: &[&str] = &["bitmap"];
+pub const SUITES: &[&str] = &["bitmap", "pool"];
 
 /// Metric name of a median latency row.
 pub const METRIC_MEDIAN: &str = "median";
@@ -45,6 +49,24 @@ pub const METRIC_THROUGHPUT: &str = "throughput";
 pub const UNIT_NS: &str = "ns";
 /// Unit of throughput rows: operations per second.
 pub const UNIT_OPS_PER_S: &str = "ops/s";
+/// Metric name of a mean (e.g. bytes per allocation).
+pub const METRIC_MEAN: &str = "mean";
+/// Metric name of a highest value over a run (e.g. a peak ratio).
+pub const METRIC_PEAK: &str = "peak";
+/// Metric name of a whole run's total (e.g. its wall time).
+pub const METRIC_TOTAL: &str = "total";
+/// Metric name of a count.
+pub const METRIC_COUNT: &str = "count";
+/// Unit of wall-time rows: milliseconds.
+pub const UNIT_MS: &str = "ms";
+/// Unit of metadata rows: heap bytes per live allocation.
+pub const UNIT_BYTES_PER_ALLOC: &str = "B/alloc";
+/// Unit of profiler metadata rows: bytes per live sampled allocation.
+pub const UNIT_BYTES_PER_SAMPLE: &str = "B/sample";
+/// Unit of a dimensionless ratio of two quantities measured in one run.
+pub const UNIT_RATIO: &str = "x";
+/// Unit of a count of sampled allocations.
+pub const UNIT_SAMPLES: &str = "samples";
 
 /// One measured figure of a suite.
 ///
@@ -54,11 +76,13 @@ pub const UNIT_OPS_PER_S: &str = "ops/s";
 pub struct BenchResult {
     /// What was measured, e.g. `alloc+free 2^20 @95% BlockBitmap`.
     pub name: String,
-    /// `"median"`, `"p99"` or `"throughput"`.
+    /// `"median"`, `"p99"`, `"throughput"`, `"mean"`, `"peak"`, `"total"`
+    /// or `"count"` (the `METRIC_*` constants).
     pub metric: String,
     /// The measured value, in `unit`.
     pub value: f64,
-    /// `"ns"` for latencies, `"ops/s"` for throughputs.
+    /// `"ns"` for latencies, `"ops/s"` for throughputs; see the `UNIT_*`
+    /// constants for the others.
     pub unit: String,
     /// Name of the row this one is compared against, if any.
     pub baseline: Option<String>,
@@ -115,12 +139,26 @@ pub struct SuiteReport {
     pub notes: Vec<String>,
 }
 
+/// Reads the program's live heap bytes (e.g. from a counting global
+/// allocator).
+pub type HeapProbe = fn() -> u64;
+
 /// How much work a suite does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct BenchOptions {
     /// Fewer iterations: the whole `bitmap` suite finishes in a few seconds
-    /// in a release build. Figures are noisier.
+    /// and the `pool` suite in about 20 s in a release build. Figures are
+    /// noisier.
     pub quick: bool,
+    /// Only a few iterations of every benchmark, to check that a suite runs
+    /// and verifies end to end (for tests); the figures mean nothing.
+    /// Takes precedence over `quick` (the `bitmap` suite runs as `quick`).
+    pub smoke: bool,
+    /// The program's live heap bytes, for suites that measure metadata
+    /// (`pool`); without it those rows are skipped with a note. It must
+    /// count every heap allocation of the process, e.g. the
+    /// `#[global_allocator]`'s live bytes.
+    pub heap_bytes: Option<HeapProbe>,
 }
 
 /// Why a suite could not produce a report.
@@ -183,6 +221,7 @@ pub fn run_suite(
 ) -> Result<SuiteReport, BenchError> {
     match name {
         "bitmap" => bitmap_suite::run(options, progress),
+        "pool" => pool_suite::run(options, progress),
         _ => Err(BenchError::UnknownSuite {
             name: name.to_owned(),
             known: SUITES,

@@ -7,7 +7,19 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mimalloc::MiMalloc;
 use strata_bench::{BenchOptions, BenchResult, SuiteReport};
+use strata_pool::TrackingAllocator;
+
+/// Every heap allocation of the program, counted: the `pool` suite reads
+/// its live bytes to measure the pool's metadata.
+#[global_allocator]
+static GLOBAL: TrackingAllocator<MiMalloc> = TrackingAllocator::new(MiMalloc);
+
+/// The program's live heap bytes, as the global allocator counts them.
+fn heap_bytes() -> u64 {
+    GLOBAL.stats().allocated.current_bytes
+}
 
 /// Strata: a memory manager for tensor workloads that do not fit in RAM.
 #[derive(Debug, Parser)]
@@ -22,11 +34,15 @@ enum Command {
     /// Run a benchmark suite; every figure is verified and compared with a
     /// baseline measured in the same run.
     Bench {
-        /// Suite to run (known: bitmap).
+        /// Suite to run (known: bitmap, pool).
         suite: String,
         /// Fewer iterations: seconds instead of minutes, noisier figures.
         #[arg(long)]
         quick: bool,
+        /// A few iterations of everything, to check that the suite runs
+        /// and verifies; the figures mean nothing (for tests).
+        #[arg(long, hide = true)]
+        smoke: bool,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -46,10 +62,22 @@ const DEMO_PLACEHOLDER: &str = "strata demo: the out-of-core engine has not land
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Bench { suite, quick, json } => bench(&suite, quick, json),
+        Command::Bench {
+            suite,
+            quick,
+            smoke,
+            json,
+        } => bench(&suite, BenchMode { quick, smoke }, json),
         Command::Demo { json } => {
             eprintln!("{DEMO_PLACEHOLDER}");
-            bench("bitmap", true, json)
+            bench(
+                "bitmap",
+                BenchMode {
+                    quick: true,
+                    smoke: false,
+                },
+                json,
+            )
         }
     };
     match result {
@@ -61,9 +89,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// How much work `strata bench` asks for.
+#[derive(Clone, Copy, Debug)]
+struct BenchMode {
+    quick: bool,
+    smoke: bool,
+}
+
 /// Runs `suite` and prints its report to stdout.
-fn bench(suite: &str, quick: bool, json: bool) -> Result<(), String> {
-    let options = BenchOptions { quick };
+fn bench(suite: &str, mode: BenchMode, json: bool) -> Result<(), String> {
+    let options = BenchOptions {
+        quick: mode.quick,
+        smoke: mode.smoke,
+        heap_bytes: Some(heap_bytes),
+    };
     let mut progress = |line: &str| eprintln!("  .. {line}");
     let report =
         strata_bench::run_suite(suite, &options, &mut progress).map_err(|e| e.to_string())?;

@@ -14,7 +14,7 @@ fn unknown_suite_fails_and_names_the_known_suites() {
     assert!(output.stdout.is_empty(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nosuch"), "{stderr}");
-    assert!(stderr.contains("known suites: bitmap"), "{stderr}");
+    assert!(stderr.contains("known suites: bitmap, pool"), "{stderr}");
 }
 
 #[test]
@@ -60,4 +60,52 @@ fn bench_bitmap_quick_json_when_slow_tests_enabled() {
     ] {
         assert!(stdout.contains(key), "missing {key} in {stdout}");
     }
+}
+
+/// `strata bench pool --smoke --json`: a fraction of a second in release,
+/// a few seconds in a test build; the output is the documented JSON.
+#[test]
+fn bench_pool_smoke_json_parses() {
+    let output = strata()
+        .args(["bench", "pool", "--smoke", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["suite"], "pool", "{report}");
+    let results = report["results"].as_array().unwrap();
+    assert!(!results.is_empty(), "{report}");
+    for row in results {
+        let row = row.as_object().unwrap();
+        let mut keys: Vec<&str> = row.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "baseline",
+                "baseline_value",
+                "metric",
+                "name",
+                "ratio",
+                "unit",
+                "value"
+            ],
+            "{row:?}"
+        );
+        assert!(row["value"].is_number(), "{row:?}");
+        assert_eq!(row["baseline"].is_null(), row["ratio"].is_null(), "{row:?}");
+    }
+    // The CLI gives the suite its heap probe, so the metadata rows are there.
+    let names: Vec<&str> = results.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("metadata") && n.ends_with("heap per block")),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"churn 2 threads: TrackingAllocator<mimalloc>"),
+        "{names:?}"
+    );
+    assert!(report["notes"].as_array().is_some_and(|n| !n.is_empty()));
 }
