@@ -696,7 +696,7 @@ fn metadata_benchmark(
     // SAFETY: allocated just above with `layout`.
     unsafe { RawAlloc::dealloc(&pool, warm, layout) };
     let samples_before = pool.profiler().live_samples();
-    let profiler_before = pool.profiler().metadata_bytes();
+    let profiler_before = pool.profiler().metadata_bytes().total();
     let heap_before = heap_bytes();
     for index in 0..blocks {
         let ptr = RawAlloc::alloc(&pool, layout);
@@ -710,7 +710,8 @@ fn metadata_benchmark(
         held.push(ptr as usize);
     }
     let heap_after = heap_bytes();
-    let profiler_after = pool.profiler().metadata_bytes();
+    let profiler_after = pool.profiler().metadata_bytes().total();
+    let record_bytes = pool.profiler().metadata_bytes().record_bytes;
     let live_samples = pool.profiler().live_samples() - samples_before;
 
     // Every block distinct, unoverlapped and still tagged.
@@ -785,6 +786,12 @@ fn metadata_benchmark(
             format!("{prefix}: profiler per sample"),
             METRIC_MEAN,
             per_sample,
+            UNIT_BYTES_PER_SAMPLE,
+        ));
+        report.results.push(BenchResult::new(
+            format!("{prefix}: sample record per sample"),
+            METRIC_MEAN,
+            record_bytes as f64 / live_samples as f64,
             UNIT_BYTES_PER_SAMPLE,
         ));
     }

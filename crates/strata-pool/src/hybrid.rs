@@ -20,39 +20,29 @@
 //!   whatever their size, so their flag lives in the arena's block record:
 //!   an unsampled allocation has no record of any kind.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::panic::Location;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use strata_bitmap::{Block, BlockBitmap};
 
+use crate::accounting::{
+    Central, ReservedCounter, ThreadRecord, ALLOC_COUNT, FREE_COUNT, LARGE_INDEX,
+};
 use crate::arena::{arena_bytes_for, ArenaConfig, ArenaId, ArenaMap};
 use crate::budget::Reservation;
 use crate::os::{VirtualRange, PAGE_BYTES};
-use crate::sampling::{
-    ByteSampler, HistoryEvent, HistoryEventKind, ProfileConfig, ProfileLevel, Profiler,
-    SampleHandle,
-};
+use crate::sampling::{HistoryEvent, HistoryEventKind, ProfileConfig, Profiler, SampleHandle};
 use crate::size_class::{
-    class_for, class_size_bytes, slots_per_slab, ALIGN_BYTES_MAX, CLASS_COUNT, SLAB_BYTES,
+    class_for, class_for_size, class_size_bytes, slots_per_slab, ALIGN_BYTES_MAX, CLASS_BYTES_MIN,
+    CLASS_COUNT, SLAB_BYTES, SMALL_BYTES_MAX,
 };
 use crate::stats::{ClassStats, PoolStats, StatBytes};
+use crate::thread_cache::{drop_cache, with_cache, FastAlloc, ThreadCache};
 use crate::{Device, PoolError};
 
-/// A thread folds its counters into the pool after this many operations.
-pub const COUNTER_MERGE_OPS: u32 = 256;
-/// ... or once its unmerged net change of allocated bytes passes this.
-pub const COUNTER_MERGE_BYTES: u64 = 4 << 20;
-/// Bytes a per-thread magazine of one class holds at most (but see
-/// [`MAGAZINE_SLOTS_MIN`]).
-pub const MAGAZINE_BYTES_MAX: u64 = 256 << 10;
-/// Slots a magazine holds at least, whatever the class size.
-pub const MAGAZINE_SLOTS_MIN: usize = 2;
-/// Slots a magazine holds at most.
-pub const MAGAZINE_SLOTS_MAX: usize = 64;
 /// Default address space for slabs (virtual; committed on use).
 pub const SLAB_REGION_BYTES_DEFAULT: u64 = 64 << 30;
 /// Default address space of one arena (virtual; committed as it grows).
@@ -60,19 +50,13 @@ pub const ARENA_VIRTUAL_BYTES_DEFAULT: u64 = 64 << 30;
 /// Arenas grow in steps of this many bytes.
 pub const ARENA_GROW_BYTES: u64 = 2 << 20;
 
-const _: () = assert!(MAGAZINE_SLOTS_MIN >= 2 && MAGAZINE_SLOTS_MIN <= MAGAZINE_SLOTS_MAX);
 const _: () = assert!(ARENA_GROW_BYTES.is_multiple_of(PAGE_BYTES));
-const _: () = assert!(CLASS_COUNT < 64, "dirty-class mask is one u64");
 const _: () = assert!(CLASS_COUNT < u8::MAX as usize, "slab class table is u8");
 
-/// Counter index of the large path (after the small classes).
-const LARGE_INDEX: usize = CLASS_COUNT;
-/// Counter slots: the small classes and the large path.
-const COUNTER_INDICES: usize = CLASS_COUNT + 1;
 /// Arena block tag of an unsampled block; a sampled block's tag is its
 /// profiler handle ([`SampleHandle::to_tag`], never 0), so the sample's only
 /// bookkeeping is the profiler's 16-byte record.
-const TAG_UNSAMPLED: u32 = 0;
+pub(crate) const TAG_UNSAMPLED: u32 = 0;
 
 /// How a pool is built.
 #[derive(Clone, Debug)]
@@ -120,204 +104,9 @@ pub struct ReleaseReport {
 
 /// Which kind of block a pointer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BlockKind {
+pub(crate) enum BlockKind {
     Small(u8),
     Large,
-}
-
-// ---------------------------------------------------------------- counters
-
-/// Counter fields per index (class or large).
-#[derive(Clone, Copy)]
-#[repr(usize)]
-enum Field {
-    AllocCount,
-    FreeCount,
-    AllocBytes,
-    FreeBytes,
-    RequestedAllocBytes,
-    RequestedFreeBytes,
-}
-const FIELDS: usize = 6;
-
-/// One thread's unmerged counters. Written only by its thread (relaxed
-/// load and store: no read-modify-write, no contention), read by
-/// snapshots and zeroed at merges, both under the pool's counter lock.
-struct ThreadRecord {
-    counts: [[AtomicU64; FIELDS]; COUNTER_INDICES],
-    /// Bytes of slots in this thread's magazines.
-    cached_bytes: AtomicU64,
-    /// This thread's highest unmerged net change of allocated and of
-    /// requested bytes, so a snapshot's peak includes it.
-    pending_high_bytes: [AtomicI64; 2],
-}
-
-impl ThreadRecord {
-    fn new() -> Self {
-        ThreadRecord {
-            counts: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            cached_bytes: AtomicU64::new(0),
-            pending_high_bytes: [AtomicI64::new(0), AtomicI64::new(0)],
-        }
-    }
-
-    #[inline]
-    fn add(&self, index: usize, field: Field, value: u64) {
-        let cell = &self.counts[index][field as usize];
-        cell.store(cell.load(Relaxed).wrapping_add(value), Relaxed);
-    }
-}
-
-/// Merged counters of one index.
-#[derive(Clone, Copy, Default)]
-struct Totals {
-    fields: [u64; FIELDS],
-    allocated_peak_bytes: u64,
-    requested_peak_bytes: u64,
-}
-
-impl Totals {
-    fn allocated_current(&self) -> u64 {
-        self.fields[Field::AllocBytes as usize] - self.fields[Field::FreeBytes as usize]
-    }
-    fn requested_current(&self) -> u64 {
-        self.fields[Field::RequestedAllocBytes as usize]
-            - self.fields[Field::RequestedFreeBytes as usize]
-    }
-}
-
-/// The pool's merged counters, under one lock.
-struct Central {
-    totals: [Totals; COUNTER_INDICES],
-    allocated_bytes: u64,
-    requested_bytes: u64,
-    allocated_peak_bytes: u64,
-    requested_peak_bytes: u64,
-}
-
-/// A thread's excursion since its last merge, for exact single-thread peaks.
-#[derive(Clone, Copy, Default)]
-struct Excursion {
-    net_bytes: i64,
-    high_bytes: i64,
-}
-
-impl Excursion {
-    /// Add; publish a new high to `published`.
-    #[inline]
-    fn add(&mut self, bytes: u64, published: &AtomicI64) {
-        self.net_bytes += bytes as i64;
-        if self.net_bytes > self.high_bytes {
-            self.high_bytes = self.net_bytes;
-            published.store(self.high_bytes, Relaxed);
-        }
-    }
-    #[inline]
-    fn sub(&mut self, bytes: u64) {
-        self.net_bytes -= bytes as i64;
-    }
-}
-
-impl Central {
-    fn new() -> Self {
-        Central {
-            totals: [Totals::default(); COUNTER_INDICES],
-            allocated_bytes: 0,
-            requested_bytes: 0,
-            allocated_peak_bytes: 0,
-            requested_peak_bytes: 0,
-        }
-    }
-
-    /// Fold a thread's record into the totals and zero it.
-    fn merge(
-        &mut self,
-        record: &ThreadRecord,
-        dirty: u64,
-        allocated: Excursion,
-        requested: Excursion,
-    ) {
-        let peak = |current: u64, excursion: Excursion| {
-            (current as i64 + excursion.high_bytes.max(0)).max(0) as u64
-        };
-        self.allocated_peak_bytes = self
-            .allocated_peak_bytes
-            .max(peak(self.allocated_bytes, allocated));
-        self.requested_peak_bytes = self
-            .requested_peak_bytes
-            .max(peak(self.requested_bytes, requested));
-        let mut mask = dirty;
-        while mask != 0 {
-            let index = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            let totals = &mut self.totals[index];
-            for (field, cell) in record.counts[index].iter().enumerate() {
-                totals.fields[field] += cell.swap(0, Relaxed);
-            }
-            totals.allocated_peak_bytes =
-                totals.allocated_peak_bytes.max(totals.allocated_current());
-            totals.requested_peak_bytes =
-                totals.requested_peak_bytes.max(totals.requested_current());
-        }
-        for high in &record.pending_high_bytes {
-            high.store(0, Relaxed);
-        }
-        self.allocated_bytes = (self.allocated_bytes as i64 + allocated.net_bytes) as u64;
-        self.requested_bytes = (self.requested_bytes as i64 + requested.net_bytes) as u64;
-        self.allocated_peak_bytes = self.allocated_peak_bytes.max(self.allocated_bytes);
-        self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
-    }
-
-    /// Count one operation done outside any thread cache.
-    fn count_direct(&mut self, index: usize, alloc: bool, block_bytes: u64, requested_bytes: u64) {
-        let totals = &mut self.totals[index];
-        if alloc {
-            totals.fields[Field::AllocCount as usize] += 1;
-            totals.fields[Field::AllocBytes as usize] += block_bytes;
-            totals.fields[Field::RequestedAllocBytes as usize] += requested_bytes;
-            self.allocated_bytes += block_bytes;
-            self.requested_bytes += requested_bytes;
-        } else {
-            totals.fields[Field::FreeCount as usize] += 1;
-            totals.fields[Field::FreeBytes as usize] += block_bytes;
-            totals.fields[Field::RequestedFreeBytes as usize] += requested_bytes;
-            self.allocated_bytes -= block_bytes;
-            self.requested_bytes -= requested_bytes;
-        }
-        totals.allocated_peak_bytes = totals.allocated_peak_bytes.max(totals.allocated_current());
-        totals.requested_peak_bytes = totals.requested_peak_bytes.max(totals.requested_current());
-        self.allocated_peak_bytes = self.allocated_peak_bytes.max(self.allocated_bytes);
-        self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
-    }
-}
-
-/// Committed bytes, updated only on slab and arena commits (rare).
-#[derive(Default)]
-struct ReservedCounter {
-    current: AtomicU64,
-    peak: AtomicU64,
-    added_total: AtomicU64,
-    removed_total: AtomicU64,
-}
-
-impl ReservedCounter {
-    fn add(&self, bytes: u64) {
-        let now = self.current.fetch_add(bytes, Relaxed) + bytes;
-        self.peak.fetch_max(now, Relaxed);
-        self.added_total.fetch_add(bytes, Relaxed);
-    }
-    fn remove(&self, bytes: u64) {
-        self.current.fetch_sub(bytes, Relaxed);
-        self.removed_total.fetch_add(bytes, Relaxed);
-    }
-    fn stat(&self) -> StatBytes {
-        StatBytes {
-            current_bytes: self.current.load(Relaxed),
-            peak_bytes: self.peak.load(Relaxed),
-            allocated_total_bytes: self.added_total.load(Relaxed),
-            freed_total_bytes: self.removed_total.load(Relaxed),
-        }
-    }
 }
 
 // ------------------------------------------------------------------- slabs
@@ -377,10 +166,10 @@ impl Large {
 
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
-struct Shared {
-    id: u64,
+pub(crate) struct Shared {
+    pub(crate) id: u64,
     device: Device,
-    accounting: bool,
+    pub(crate) accounting: bool,
     slab_region: VirtualRange,
     /// Per slab index: class + 1 while a class owns the slab, else 0.
     slab_class: Box<[AtomicU8]>,
@@ -390,17 +179,19 @@ struct Shared {
     classes: Box<[Padded<Mutex<ClassCentral>>]>,
     large: Mutex<Large>,
     arena_virtual_bytes: u64,
-    central: Mutex<Central>,
-    threads: Mutex<Vec<Arc<ThreadRecord>>>,
+    pub(crate) central: Mutex<Central>,
+    pub(crate) threads: Mutex<Vec<Arc<ThreadRecord>>>,
     reserved: ReservedCounter,
-    profiler: Profiler,
+    pub(crate) profiler: Profiler,
+    /// Whether the profiler's history ring is on (copied: checked per operation).
+    history: bool,
     /// Blocks handed out by the raw API and not yet freed through it.
     raw_live: Mutex<HashSet<usize>>,
     refused_frees: AtomicU64,
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a pool lock leaves the state consistent at
     // every await-free step we take, so poisoning is not fatal.
     mutex
@@ -458,6 +249,8 @@ impl Shared {
                     source,
                 });
             }
+            self.slab_region
+                .advise_huge_pages(slab as u64 * SLAB_BYTES, SLAB_BYTES);
             self.reserved.add(SLAB_BYTES);
             slab
         };
@@ -467,7 +260,12 @@ impl Shared {
 
     /// Move up to `want` free slots of `class` into `out`; at least one
     /// unless memory runs out.
-    fn refill(&self, class: usize, want: usize, out: &mut Vec<usize>) -> Result<(), PoolError> {
+    pub(crate) fn refill(
+        &self,
+        class: usize,
+        want: usize,
+        out: &mut Vec<usize>,
+    ) -> Result<(), PoolError> {
         let size = class_size_bytes(class) as usize;
         let mut central = lock(&self.classes[class].0);
         let start_len = out.len();
@@ -515,7 +313,7 @@ impl Shared {
 
     /// Return slots of `class` to their slabs. A slot whose bit is already
     /// free is refused (counted), never double-freed.
-    fn flush(&self, class: usize, slots: &[usize]) {
+    pub(crate) fn flush(&self, class: usize, slots: &[usize]) {
         let size = class_size_bytes(class);
         let slots_per = slots_per_slab(class);
         let mut central = lock(&self.classes[class].0);
@@ -594,7 +392,7 @@ impl Shared {
     /// Record a sample, then place its block in an arena with the sample's
     /// handle as the block's tag. If the profiler refuses (its handles are
     /// used up), the allocation goes ahead unsampled.
-    fn alloc_sampled(
+    pub(crate) fn alloc_sampled(
         &self,
         size_bytes: u64,
         site: &'static Location<'static>,
@@ -610,7 +408,7 @@ impl Shared {
     }
 
     /// Place a large (or sampled) block; returns its address and length.
-    fn alloc_large(&self, size_bytes: u64, tag: u32) -> Result<(usize, u64), PoolError> {
+    pub(crate) fn alloc_large(&self, size_bytes: u64, tag: u32) -> Result<(usize, u64), PoolError> {
         let mut large = lock(&self.large);
         loop {
             match large.map.alloc(size_bytes, tag) {
@@ -661,6 +459,9 @@ impl Shared {
                         requested_bytes: additional,
                         source,
                     })?;
+                backing
+                    .range
+                    .advise_huge_pages(backing.committed_bytes, additional);
                 backing.committed_bytes += additional;
                 large
                     .map
@@ -687,6 +488,7 @@ impl Shared {
                 requested_bytes: len,
                 source,
             })?;
+        range.advise_huge_pages(0, len);
         let id = large
             .map
             .add_arena(len)
@@ -718,220 +520,6 @@ impl Shared {
             }),
         }
     }
-
-    fn register_thread(&self) -> Arc<ThreadRecord> {
-        let record = Arc::new(ThreadRecord::new());
-        lock(&self.threads).push(Arc::clone(&record));
-        record
-    }
-}
-
-// ------------------------------------------------------------ thread caches
-
-struct Magazine {
-    slots: Vec<usize>,
-    capacity: usize,
-}
-
-/// One thread's cache for one pool.
-struct ThreadCache {
-    shared: Arc<Shared>,
-    record: Arc<ThreadRecord>,
-    magazines: Box<[Magazine]>,
-    sampler: ByteSampler,
-    profiling: bool,
-    accounting: bool,
-    ops_since_merge: u32,
-    dirty: u64,
-    allocated: Excursion,
-    requested: Excursion,
-    cached_bytes: u64,
-}
-
-impl ThreadCache {
-    fn new(shared: Arc<Shared>) -> Self {
-        let record = shared.register_thread();
-        let magazines = (0..CLASS_COUNT)
-            .map(|class| {
-                let capacity = ((MAGAZINE_BYTES_MAX / class_size_bytes(class)) as usize)
-                    .clamp(MAGAZINE_SLOTS_MIN, MAGAZINE_SLOTS_MAX);
-                Magazine {
-                    slots: Vec::with_capacity(capacity),
-                    capacity,
-                }
-            })
-            .collect();
-        let profiling = shared.profiler.level() != ProfileLevel::Off;
-        ThreadCache {
-            sampler: shared.profiler.thread_sampler(),
-            profiling,
-            accounting: shared.accounting,
-            shared,
-            record,
-            magazines,
-            ops_since_merge: 0,
-            dirty: 0,
-            allocated: Excursion::default(),
-            requested: Excursion::default(),
-            cached_bytes: 0,
-        }
-    }
-
-    #[inline]
-    fn count(&mut self, index: usize, alloc: bool, block_bytes: u64, requested_bytes: u64) {
-        if !self.accounting {
-            return;
-        }
-        let record = &*self.record;
-        if alloc {
-            record.add(index, Field::AllocCount, 1);
-            record.add(index, Field::AllocBytes, block_bytes);
-            record.add(index, Field::RequestedAllocBytes, requested_bytes);
-            self.allocated
-                .add(block_bytes, &record.pending_high_bytes[0]);
-            self.requested
-                .add(requested_bytes, &record.pending_high_bytes[1]);
-        } else {
-            record.add(index, Field::FreeCount, 1);
-            record.add(index, Field::FreeBytes, block_bytes);
-            record.add(index, Field::RequestedFreeBytes, requested_bytes);
-            self.allocated.sub(block_bytes);
-            self.requested.sub(requested_bytes);
-        }
-        self.dirty |= 1 << index;
-        self.ops_since_merge += 1;
-        if self.ops_since_merge >= COUNTER_MERGE_OPS
-            || self.allocated.net_bytes.unsigned_abs() >= COUNTER_MERGE_BYTES
-        {
-            self.merge();
-        }
-    }
-
-    #[cold]
-    fn merge(&mut self) {
-        let mut central = lock(&self.shared.central);
-        central.merge(&self.record, self.dirty, self.allocated, self.requested);
-        drop(central);
-        self.dirty = 0;
-        self.ops_since_merge = 0;
-        self.allocated = Excursion::default();
-        self.requested = Excursion::default();
-    }
-
-    #[inline]
-    fn set_cached(&mut self, bytes: u64) {
-        self.cached_bytes = bytes;
-        self.record.cached_bytes.store(bytes, Relaxed);
-    }
-
-    #[inline]
-    fn alloc_small(
-        &mut self,
-        class: usize,
-        size_bytes: u64,
-        site: &'static Location<'static>,
-    ) -> Result<(usize, BlockKind, u64), PoolError> {
-        if self.profiling && self.sampler.sample(size_bytes) {
-            return self.alloc_sampled(size_bytes, site);
-        }
-        let class_bytes = class_size_bytes(class);
-        let addr = match self.magazines[class].slots.pop() {
-            Some(addr) => addr,
-            None => self.refill(class)?,
-        };
-        self.set_cached(self.cached_bytes - class_bytes);
-        self.count(class, true, class_bytes, size_bytes);
-        Ok((addr, BlockKind::Small(class as u8), class_bytes))
-    }
-
-    #[cold]
-    fn refill(&mut self, class: usize) -> Result<usize, PoolError> {
-        let magazine = &mut self.magazines[class];
-        let want = magazine.capacity / 2 + 1;
-        self.shared.refill(class, want, &mut magazine.slots)?;
-        // Lowest addresses on top, so consecutive allocations are adjacent.
-        magazine.slots.sort_unstable_by(|a, b| b.cmp(a));
-        let got = magazine.slots.len() as u64;
-        let addr = magazine
-            .slots
-            .pop()
-            .expect("refill returns at least one slot");
-        self.set_cached(self.cached_bytes + got * class_size_bytes(class));
-        Ok(addr)
-    }
-
-    #[inline]
-    fn free_small(&mut self, class: usize, addr: usize, requested_bytes: u64) {
-        let class_bytes = class_size_bytes(class);
-        let magazine = &mut self.magazines[class];
-        if magazine.slots.len() >= magazine.capacity {
-            self.flush_half(class);
-        }
-        self.magazines[class].slots.push(addr);
-        self.set_cached(self.cached_bytes + class_bytes);
-        self.count(class, false, class_bytes, requested_bytes);
-    }
-
-    #[cold]
-    fn flush_half(&mut self, class: usize) {
-        let magazine = &mut self.magazines[class];
-        let keep = magazine.slots.len() / 2;
-        let returned = magazine.slots.len() - keep;
-        self.shared.flush(class, &magazine.slots[keep..]);
-        magazine.slots.truncate(keep);
-        self.set_cached(self.cached_bytes - returned as u64 * class_size_bytes(class));
-    }
-
-    fn flush_all(&mut self) {
-        for class in 0..CLASS_COUNT {
-            let magazine = &mut self.magazines[class];
-            if !magazine.slots.is_empty() {
-                self.shared.flush(class, &magazine.slots);
-                magazine.slots.clear();
-            }
-        }
-        self.set_cached(0);
-    }
-
-    #[cold]
-    fn alloc_sampled(
-        &mut self,
-        size_bytes: u64,
-        site: &'static Location<'static>,
-    ) -> Result<(usize, BlockKind, u64), PoolError> {
-        let (addr, block_bytes) = self.shared.alloc_sampled(size_bytes, site)?;
-        self.count(LARGE_INDEX, true, block_bytes, size_bytes);
-        Ok((addr, BlockKind::Large, block_bytes))
-    }
-
-    fn alloc_large(
-        &mut self,
-        size_bytes: u64,
-        site: &'static Location<'static>,
-    ) -> Result<(usize, BlockKind, u64), PoolError> {
-        if self.profiling && self.sampler.sample(size_bytes) {
-            return self.alloc_sampled(size_bytes, site);
-        }
-        let (addr, block_bytes) = self.shared.alloc_large(size_bytes, TAG_UNSAMPLED)?;
-        self.count(LARGE_INDEX, true, block_bytes, size_bytes);
-        Ok((addr, BlockKind::Large, block_bytes))
-    }
-}
-
-impl Drop for ThreadCache {
-    fn drop(&mut self) {
-        self.flush_all();
-        if self.accounting {
-            self.merge();
-        }
-        let mut threads = lock(&self.shared.threads);
-        threads.retain(|record| !Arc::ptr_eq(record, &self.record));
-    }
-}
-
-thread_local! {
-    /// This thread's caches, one per pool it has used.
-    static THREAD_CACHES: RefCell<Vec<ThreadCache>> = const { RefCell::new(Vec::new()) };
 }
 
 // -------------------------------------------------------------------- pool
@@ -1035,6 +623,7 @@ impl HybridPool {
             central: Mutex::new(Central::new()),
             threads: Mutex::new(Vec::new()),
             reserved: ReservedCounter::default(),
+            history: profiler.history_enabled(),
             profiler,
             raw_live: Mutex::new(HashSet::new()),
             refused_frees: AtomicU64::new(0),
@@ -1055,25 +644,9 @@ impl HybridPool {
         &self.shared.profiler
     }
 
-    /// Run `f` on this thread's cache for this pool; `None` while the
-    /// thread's caches are being torn down or already borrowed.
-    #[inline]
+    #[inline(always)]
     fn with_cache<R>(&self, f: impl FnOnce(&mut ThreadCache) -> R) -> Option<R> {
-        THREAD_CACHES
-            .try_with(|caches| {
-                let mut caches = caches.try_borrow_mut().ok()?;
-                let index = match caches.iter().position(|c| c.shared.id == self.shared.id) {
-                    Some(index) => index,
-                    None => {
-                        caches.retain(|c| !c.shared.closed.load(Relaxed));
-                        caches.push(ThreadCache::new(Arc::clone(&self.shared)));
-                        caches.len() - 1
-                    }
-                };
-                Some(f(&mut caches[index]))
-            })
-            .ok()
-            .flatten()
+        with_cache(&self.shared, f)
     }
 
     fn check_request(size_bytes: u64, align_bytes: u64) -> Result<(), PoolError> {
@@ -1089,7 +662,67 @@ impl HybridPool {
         Ok(())
     }
 
-    #[inline]
+    /// The allocation path: small, unaligned requests with history off
+    /// take a slot from the thread's magazine inline; everything else goes
+    /// to [`HybridPool::alloc_block`].
+    #[inline(always)]
+    fn alloc_fast(
+        &self,
+        size_bytes: u64,
+        align_bytes: u64,
+        site: &'static Location<'static>,
+    ) -> Result<(NonNull<u8>, BlockKind, u64), PoolError> {
+        debug_assert!(align_bytes.is_power_of_two(), "alignment {align_bytes}");
+        // `size - 1 < max` also refuses 0 (it wraps).
+        if size_bytes.wrapping_sub(1) < SMALL_BYTES_MAX
+            && align_bytes <= CLASS_BYTES_MIN
+            && !self.shared.history
+        {
+            let class = class_for_size(size_bytes);
+            let fast = with_cache(&self.shared, |cache| {
+                cache.try_alloc_small(class, size_bytes)
+            });
+            if let Some(FastAlloc::Hit(addr)) = fast {
+                if let Some(ptr) = NonNull::new(addr as *mut u8) {
+                    return Ok((ptr, BlockKind::Small(class as u8), class_size_bytes(class)));
+                }
+            }
+            return self.alloc_after_fast(class, size_bytes, site, fast);
+        }
+        self.alloc_block(size_bytes, align_bytes, site)
+    }
+
+    /// Finish an allocation the fast path could not serve.
+    #[cold]
+    #[inline(never)]
+    fn alloc_after_fast(
+        &self,
+        class: usize,
+        size_bytes: u64,
+        site: &'static Location<'static>,
+        fast: Option<FastAlloc>,
+    ) -> Result<(NonNull<u8>, BlockKind, u64), PoolError> {
+        let placed = match fast {
+            Some(FastAlloc::Refill) => {
+                self.with_cache(|cache| cache.alloc_small_slow(class, size_bytes, site, false))
+            }
+            Some(FastAlloc::Sample) => {
+                self.with_cache(|cache| cache.alloc_small_slow(class, size_bytes, site, true))
+            }
+            Some(FastAlloc::Hit(_)) | None => None,
+        };
+        let (addr, kind, block_bytes) = match placed {
+            Some(result) => result?,
+            None => self.alloc_uncached(Some(class), size_bytes)?,
+        };
+        Ok((
+            NonNull::new(addr as *mut u8).expect("pool addresses are non-null"),
+            kind,
+            block_bytes,
+        ))
+    }
+
+    #[inline(never)]
     fn alloc_block(
         &self,
         size_bytes: u64,
@@ -1157,7 +790,30 @@ impl HybridPool {
     }
 
     /// Give a block back: to this thread's magazine, or to its slab or arena.
+    #[inline(always)]
     fn release_block(
+        &self,
+        addr: usize,
+        kind: BlockKind,
+        requested_bytes: u64,
+    ) -> Result<(), PoolError> {
+        if let BlockKind::Small(class) = kind {
+            if !self.shared.history {
+                let class = class as usize;
+                let freed = with_cache(&self.shared, |cache| {
+                    cache.free_small(class, addr, requested_bytes)
+                });
+                if freed.is_some() {
+                    return Ok(());
+                }
+            }
+        }
+        self.release_block_slow(addr, kind, requested_bytes)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn release_block_slow(
         &self,
         addr: usize,
         kind: BlockKind,
@@ -1191,9 +847,8 @@ impl HybridPool {
                         "sample {handle} at {addr:#x}: {forgotten:?}"
                     );
                 }
-                let counted = self.with_cache(|cache| {
-                    cache.count(LARGE_INDEX, false, block_bytes, requested_bytes)
-                });
+                let counted =
+                    self.with_cache(|cache| cache.count_large_free(block_bytes, requested_bytes));
                 if counted.is_none() && self.shared.accounting {
                     lock(&self.shared.central).count_direct(
                         LARGE_INDEX,
@@ -1264,7 +919,7 @@ impl HybridPool {
                     )?,
                 };
             reservation.try_grow(charged)?;
-            return match self.alloc_block(size_bytes, align_bytes, site) {
+            return match self.alloc_fast(size_bytes, align_bytes, site) {
                 Ok((ptr, kind, block_bytes)) => {
                     // A sampled block may be larger than its class: charge the difference.
                     if block_bytes > charged {
@@ -1287,7 +942,8 @@ impl HybridPool {
                 }
             };
         }
-        let (ptr, kind, block_bytes) = self.alloc_block(size_bytes, align_bytes, site)?;
+        Self::check_request(size_bytes, align_bytes)?;
+        let (ptr, kind, block_bytes) = self.alloc_fast(size_bytes, align_bytes, site)?;
         Ok(PoolBox {
             pool: self,
             ptr,
@@ -1426,8 +1082,28 @@ impl HybridPool {
 
     /// Free by address (the allocator interface): the block's kind comes
     /// from where it lies. A foreign or already-free pointer is refused and
-    /// counted in [`PoolStats::refused_frees`].
+    /// counted in [`PoolStats::refused_frees`]. A small block goes to this
+    /// thread's magazine inline.
+    #[inline(always)]
     fn free_addr(&self, addr: usize, requested_bytes: u64) {
+        if let Some(offset) = self.shared.slab_region.offset_of(addr) {
+            let tag = self.shared.slab_class[(offset / SLAB_BYTES) as usize].load(Relaxed);
+            if tag != 0 && !self.shared.history {
+                let class = (tag - 1) as usize;
+                let freed = with_cache(&self.shared, |cache| {
+                    cache.free_small(class, addr, requested_bytes)
+                });
+                if freed.is_some() {
+                    return;
+                }
+            }
+        }
+        self.free_addr_slow(addr, requested_bytes);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_addr_slow(&self, addr: usize, requested_bytes: u64) {
         let result = match self.shared.kind_of(addr) {
             Some((kind, _)) => self.release_block(addr, kind, requested_bytes),
             None => Err(PoolError::ForeignPointer { addr }),
@@ -1522,56 +1198,23 @@ impl HybridPool {
             let stats = large.map.stats();
             (stats, stats.allocated_bytes)
         };
-        let (totals, allocated_peak, requested_peak, cached_bytes) = {
+        let snapshot = {
             let central = lock(&shared.central);
-            let mut totals = central.totals;
             let threads = lock(&shared.threads);
-            let mut cached_bytes = 0;
-            let mut allocated_peak = central.allocated_peak_bytes;
-            let mut requested_peak = central.requested_peak_bytes;
-            for record in threads.iter() {
-                let pending = |i: usize, current: u64| {
-                    (current as i64 + record.pending_high_bytes[i].load(Relaxed).max(0)) as u64
-                };
-                allocated_peak = allocated_peak.max(pending(0, central.allocated_bytes));
-                requested_peak = requested_peak.max(pending(1, central.requested_bytes));
-                cached_bytes += record.cached_bytes.load(Relaxed);
-                for (index, totals) in totals.iter_mut().enumerate() {
-                    for (field, cell) in record.counts[index].iter().enumerate() {
-                        totals.fields[field] += cell.load(Relaxed);
-                    }
-                }
-            }
-            (totals, allocated_peak, requested_peak, cached_bytes)
+            central.snapshot(threads.iter().map(|record| &**record))
         };
-        let stat = |totals: &Totals, allocated: bool| {
-            let (add, remove, peak) = if allocated {
-                (
-                    Field::AllocBytes,
-                    Field::FreeBytes,
-                    totals.allocated_peak_bytes,
-                )
-            } else {
-                (
-                    Field::RequestedAllocBytes,
-                    Field::RequestedFreeBytes,
-                    totals.requested_peak_bytes,
-                )
-            };
-            let current = totals.fields[add as usize] - totals.fields[remove as usize];
-            StatBytes {
-                current_bytes: current,
-                peak_bytes: peak.max(current),
-                allocated_total_bytes: totals.fields[add as usize],
-                freed_total_bytes: totals.fields[remove as usize],
-            }
-        };
+        let totals = snapshot.totals;
+        let (allocated_peak, requested_peak, cached_bytes) = (
+            snapshot.allocated_peak_bytes,
+            snapshot.requested_peak_bytes,
+            snapshot.cached_bytes,
+        );
         let class_stats = |index: usize, class_bytes: u64| ClassStats {
             class_bytes,
-            allocated: stat(&totals[index], true),
-            requested: stat(&totals[index], false),
-            alloc_count: totals[index].fields[Field::AllocCount as usize],
-            free_count: totals[index].fields[Field::FreeCount as usize],
+            allocated: totals[index].stat(true),
+            requested: totals[index].stat(false),
+            alloc_count: totals[index].fields[ALLOC_COUNT],
+            free_count: totals[index].fields[FREE_COUNT],
         };
         for class in 0..CLASS_COUNT {
             classes.push(class_stats(class, class_size_bytes(class)));
@@ -1744,13 +1387,8 @@ impl Drop for HybridPool {
     fn drop(&mut self) {
         self.shared.closed.store(true, Relaxed);
         // Drop this thread's cache now; other threads drop theirs when they
-        // next touch a pool or exit. Shared memory lives until the last goes.
-        let id = self.shared.id;
-        let _ = THREAD_CACHES.try_with(|caches| {
-            if let Ok(mut caches) = caches.try_borrow_mut() {
-                caches.retain(|c| c.shared.id != id);
-            }
-        });
+        // next look up a cache or exit. Shared memory lives until the last goes.
+        drop_cache(self.shared.id);
     }
 }
 
@@ -1868,7 +1506,7 @@ unsafe impl allocator_api2::alloc::Allocator for &HybridPool {
             let dangling = NonNull::new(layout.align() as *mut u8).expect("alignment is nonzero");
             return Ok(NonNull::slice_from_raw_parts(dangling, 0));
         }
-        match self.alloc_block(
+        match self.alloc_fast(
             layout.size() as u64,
             layout.align() as u64,
             Location::caller(),

@@ -23,6 +23,7 @@
 //! handle and allocator interface.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod accounting;
 pub mod arena;
 pub mod budget;
 mod device;
@@ -34,15 +35,17 @@ pub mod sampling;
 pub mod size_class;
 mod stats;
 pub mod sysmem;
+mod thread_cache;
 mod tracking;
 pub mod watch;
 
+pub use accounting::{COUNTER_MERGE_BYTES, COUNTER_MERGE_OPS};
 pub use device::Device;
 pub use error::PoolError;
 pub use hybrid::{
     DevicePools, HybridPool, PoolBox, PoolConfig, ReleaseReport, ARENA_GROW_BYTES,
-    ARENA_VIRTUAL_BYTES_DEFAULT, COUNTER_MERGE_BYTES, COUNTER_MERGE_OPS, MAGAZINE_BYTES_MAX,
-    MAGAZINE_SLOTS_MAX, MAGAZINE_SLOTS_MIN, SLAB_REGION_BYTES_DEFAULT,
+    ARENA_VIRTUAL_BYTES_DEFAULT, SLAB_REGION_BYTES_DEFAULT,
 };
 pub use stats::{ClassStats, PoolStats, StatBytes};
+pub use thread_cache::{MAGAZINE_BYTES_MAX, MAGAZINE_SLOTS_MAX, MAGAZINE_SLOTS_MIN};
 pub use tracking::{TrackingAllocator, TrackingStats, SAMPLED_FILTER_BUCKETS, TRACKED_THREADS_MAX};

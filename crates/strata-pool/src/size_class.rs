@@ -80,9 +80,10 @@ pub fn slots_per_slab(class: usize) -> u64 {
     SLAB_BYTES / CLASS_SIZES[class]
 }
 
-/// The smallest class holding `size_bytes` (1..=SMALL_BYTES_MAX), ignoring alignment.
+/// The smallest class holding `size_bytes` (1..=SMALL_BYTES_MAX), ignoring
+/// alignment (every class is 16-byte aligned).
 #[inline]
-fn class_for_size(size_bytes: u64) -> usize {
+pub fn class_for_size(size_bytes: u64) -> usize {
     debug_assert!(
         (1..=SMALL_BYTES_MAX).contains(&size_bytes),
         "size {size_bytes}"
@@ -94,7 +95,8 @@ fn class_for_size(size_bytes: u64) -> usize {
     let below = size_bytes - 1;
     let k = 63 - below.leading_zeros() as u64; // 2^k <= size - 1 < 2^(k+1)
     let base = 1u64 << k;
-    let step = (below - base) / (base / CLASSES_PER_DOUBLING) + 1;
+    // base / 4 is 2^(k-2): a shift, not a division.
+    let step = ((below - base) >> (k - CLASSES_PER_DOUBLING.trailing_zeros() as u64)) + 1;
     let doublings = k - LINEAR_BYTES_MAX.trailing_zeros() as u64;
     (LINEAR_BYTES_MAX / CLASS_BYTES_MIN) as usize
         + (doublings * CLASSES_PER_DOUBLING + step - 1) as usize

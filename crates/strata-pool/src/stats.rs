@@ -65,7 +65,10 @@ pub struct ClassStats {
 /// highest point since the last merge into account. A peak is therefore
 /// exact while one thread allocates, and otherwise within
 /// `(threads - 1) * (COUNTER_MERGE_BYTES + the largest block)` of the true
-/// peak. `reserved` is kept under the pool's own locks and is always exact.
+/// peak. The `requested` peak is taken at merge points and snapshots only
+/// (one counter less on the fast path), so it can miss a short excursion of
+/// up to `COUNTER_MERGE_BYTES + the largest block` per thread. `reserved` is
+/// kept under the pool's own locks and is always exact.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolStats {
     /// The pool's device.

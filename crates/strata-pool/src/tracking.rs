@@ -239,8 +239,8 @@ impl<A> TrackingAllocator<A> {
             for (total, count) in fields.iter_mut().zip(&slot.counts) {
                 *total += count.load(Relaxed);
             }
-            let high = slot.pending_high_bytes.load(Relaxed).max(0) as u64;
-            peak = peak.max(merged_current + high);
+            let high = slot.pending_high_bytes.load(Relaxed).max(0);
+            peak = peak.max((merged_current as i64).saturating_add(high).max(0) as u64);
             threads += u64::from(slot.in_use.load(Relaxed));
         }
         let current = fields[ALLOC_BYTES].wrapping_sub(fields[FREE_BYTES]);
@@ -276,10 +276,14 @@ impl<A> TrackingAllocator<A> {
             .core
             .merged_current_bytes
             .fetch_add(moved[ALLOC_BYTES].wrapping_sub(moved[FREE_BYTES]), Relaxed);
+        // The merged figure can be transiently "negative" (wrapped) when this
+        // thread frees blocks other threads allocated and have not merged yet.
         let after = before.wrapping_add(moved[ALLOC_BYTES].wrapping_sub(moved[FREE_BYTES]));
-        self.core
-            .peak_bytes
-            .fetch_max((before + high).max(after), Relaxed);
+        let candidate = (before as i64)
+            .saturating_add(high as i64)
+            .max(after as i64)
+            .max(0) as u64;
+        self.core.peak_bytes.fetch_max(candidate, Relaxed);
         binding.net_bytes = 0;
         binding.high_bytes = 0;
         binding.ops = 0;
@@ -291,8 +295,12 @@ impl<A> TrackingAllocator<A> {
         if alloc {
             core.merged[ALLOC_COUNT].fetch_add(1, Relaxed);
             core.merged[ALLOC_BYTES].fetch_add(bytes, Relaxed);
-            let now = core.merged_current_bytes.fetch_add(bytes, Relaxed) + bytes;
-            core.peak_bytes.fetch_max(now, Relaxed);
+            let now = core
+                .merged_current_bytes
+                .fetch_add(bytes, Relaxed)
+                .wrapping_add(bytes);
+            core.peak_bytes
+                .fetch_max((now as i64).max(0) as u64, Relaxed);
         } else {
             core.merged[FREE_COUNT].fetch_add(1, Relaxed);
             core.merged[FREE_BYTES].fetch_add(bytes, Relaxed);
