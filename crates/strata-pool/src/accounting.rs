@@ -18,8 +18,11 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use crate::size_class::{class_size_bytes, CLASS_COUNT};
 use crate::stats::StatBytes;
 
-/// A thread folds its counters into the pool after this many operations.
-pub const COUNTER_MERGE_OPS: u32 = 4096;
+/// A thread folds a class's counters into the pool after this many
+/// allocations of that class.
+pub const COUNTER_MERGE_OPS: u64 = 4096;
+
+const _: () = assert!(COUNTER_MERGE_OPS.is_power_of_two(), "checked with a mask");
 /// ... or once its unmerged net change of allocated bytes passes this.
 pub const COUNTER_MERGE_BYTES: u64 = 4 << 20;
 
@@ -54,14 +57,25 @@ pub(crate) fn block_bytes(index: usize, fields: &[u64; FIELDS]) -> (u64, u64) {
     }
 }
 
+/// One class's (or the large path's) line of a thread record: the
+/// magazine's fill level and the unmerged counters, in one cache line, so
+/// counting an operation touches no line the operation does not touch
+/// anyway (the magazine length).
+#[repr(align(64))]
+pub(crate) struct ClassCell {
+    /// Slots in this thread's magazine of the class (its length; the
+    /// magazine itself is thread-private). Unused for the large path.
+    pub(crate) magazine_len: AtomicU32,
+    pub(crate) counts: [AtomicU64; FIELDS],
+}
+
+const _: () = assert!(std::mem::size_of::<ClassCell>() == 64);
+
 /// One thread's unmerged counters and magazine fill levels. Written only
 /// by its thread; read by snapshots and zeroed by its own merges, both
 /// under the pool's counter lock.
 pub(crate) struct ThreadRecord {
-    pub(crate) counts: [[AtomicU64; FIELDS]; COUNTER_INDICES],
-    /// Slots in this thread's magazine of each class (its length; the
-    /// magazine itself is thread-private).
-    pub(crate) magazine_len: [AtomicU32; CLASS_COUNT],
+    pub(crate) cells: [ClassCell; COUNTER_INDICES],
     /// This thread's highest unmerged net change of allocated bytes, so a
     /// snapshot's peak includes it.
     pub(crate) pending_high_bytes: AtomicI64,
@@ -70,28 +84,24 @@ pub(crate) struct ThreadRecord {
 impl ThreadRecord {
     pub(crate) fn new() -> Self {
         ThreadRecord {
-            counts: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            magazine_len: std::array::from_fn(|_| AtomicU32::new(0)),
+            cells: std::array::from_fn(|_| ClassCell {
+                magazine_len: AtomicU32::new(0),
+                counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            }),
             pending_high_bytes: AtomicI64::new(0),
         }
     }
 
     /// Bytes of the slots parked in this thread's magazines.
     pub(crate) fn cached_bytes(&self) -> u64 {
-        self.magazine_len
+        self.cells[..CLASS_COUNT]
             .iter()
             .enumerate()
-            .map(|(class, len)| u64::from(len.load(Relaxed)) * class_size_bytes(class))
+            .map(|(class, cell)| {
+                u64::from(cell.magazine_len.load(Relaxed)) * class_size_bytes(class)
+            })
             .sum()
     }
-}
-
-/// A thread's net change since its last merge and the highest point it
-/// reached, so a single thread's peak is exact.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Excursion {
-    pub(crate) net_bytes: i64,
-    pub(crate) high_bytes: i64,
 }
 
 /// Merged counters of one index.
@@ -145,45 +155,58 @@ impl Totals {
     }
 }
 
+/// The pool-wide net of allocated bytes that threads have folded in, and
+/// the peak, kept apart from the counters so that a thread folds its net
+/// change with two atomics (no lock) whenever it passes
+/// [`COUNTER_MERGE_BYTES`] either way.
+#[derive(Default)]
+pub(crate) struct PeakTracker {
+    merged_net_bytes: AtomicI64,
+    peak_bytes: AtomicU64,
+}
+
+impl PeakTracker {
+    /// Fold a thread's net change, whose highest point since its last fold
+    /// was `high_bytes`.
+    pub(crate) fn fold(&self, net_bytes: i64, high_bytes: i64) {
+        let before = self.merged_net_bytes.fetch_add(net_bytes, Relaxed);
+        let candidate = before.saturating_add(high_bytes.max(net_bytes)).max(0) as u64;
+        self.peak_bytes.fetch_max(candidate, Relaxed);
+    }
+
+    /// The peak, counting each thread's unfolded high.
+    pub(crate) fn peak_with<'r>(&self, records: impl Iterator<Item = &'r ThreadRecord>) -> u64 {
+        let merged = self.merged_net_bytes.load(Relaxed);
+        records.fold(self.peak_bytes.load(Relaxed), |peak, record| {
+            let high = record.pending_high_bytes.load(Relaxed).max(0);
+            peak.max(merged.saturating_add(high).max(0) as u64)
+        })
+    }
+}
+
 /// The pool's merged counters, under one lock.
 pub(crate) struct Central {
     pub(crate) totals: [Totals; COUNTER_INDICES],
-    pub(crate) allocated_bytes: u64,
-    pub(crate) requested_bytes: u64,
-    pub(crate) allocated_peak_bytes: u64,
-    pub(crate) requested_peak_bytes: u64,
+    /// Requested bytes merged so far, and their peak at merge points.
+    requested_bytes: u64,
+    requested_peak_bytes: u64,
 }
 
 impl Central {
     pub(crate) fn new() -> Self {
         Central {
             totals: [Totals::default(); COUNTER_INDICES],
-            allocated_bytes: 0,
             requested_bytes: 0,
-            allocated_peak_bytes: 0,
             requested_peak_bytes: 0,
         }
     }
 
-    /// Fold a thread's record into the totals and zero it. Called by the
-    /// record's own thread (the only writer), so plain loads and stores
-    /// suffice.
-    pub(crate) fn merge(
-        &mut self,
-        record: &ThreadRecord,
-        allocated: Excursion,
-        requested: Excursion,
-    ) {
-        let peak = |current: u64, excursion: Excursion| {
-            (current as i64 + excursion.high_bytes.max(0)).max(0) as u64
-        };
-        self.allocated_peak_bytes = self
-            .allocated_peak_bytes
-            .max(peak(self.allocated_bytes, allocated));
-        self.requested_peak_bytes = self
-            .requested_peak_bytes
-            .max(peak(self.requested_bytes, requested));
-        for (index, cells) in record.counts.iter().enumerate() {
+    /// Fold a thread's counters of `indices` into the totals and zero them.
+    /// Called by the record's own thread (the only writer), so plain loads
+    /// and stores suffice.
+    pub(crate) fn merge(&mut self, record: &ThreadRecord, indices: std::ops::Range<usize>) {
+        for index in indices {
+            let cells = &record.cells[index].counts;
             let mut raw = [0u64; FIELDS];
             let mut any = false;
             for (value, cell) in raw.iter_mut().zip(cells) {
@@ -202,15 +225,15 @@ impl Central {
                 totals.allocated_peak_bytes.max(totals.allocated_current());
             totals.requested_peak_bytes =
                 totals.requested_peak_bytes.max(totals.requested_current());
+            self.requested_bytes = (self.requested_bytes as i64
+                + (raw[REQUESTED_ALLOC_BYTES] as i64 - raw[REQUESTED_FREE_BYTES] as i64))
+                as u64;
+            self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
         }
-        record.pending_high_bytes.store(0, Relaxed);
-        self.allocated_bytes = (self.allocated_bytes as i64 + allocated.net_bytes) as u64;
-        self.requested_bytes = (self.requested_bytes as i64 + requested.net_bytes) as u64;
-        self.allocated_peak_bytes = self.allocated_peak_bytes.max(self.allocated_bytes);
-        self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
     }
 
-    /// Count one operation done outside any thread cache.
+    /// Count one operation done outside any thread cache (the caller folds
+    /// the bytes into the [`PeakTracker`]).
     pub(crate) fn count_direct(
         &mut self,
         index: usize,
@@ -223,35 +246,27 @@ impl Central {
             raw[ALLOC_COUNT] = 1;
             raw[REQUESTED_ALLOC_BYTES] = requested_bytes;
             raw[ALLOC_BYTES] = block_bytes_value;
-            self.allocated_bytes += block_bytes_value;
             self.requested_bytes += requested_bytes;
         } else {
             raw[FREE_COUNT] = 1;
             raw[REQUESTED_FREE_BYTES] = requested_bytes;
             raw[FREE_BYTES] = block_bytes_value;
-            self.allocated_bytes -= block_bytes_value;
             self.requested_bytes -= requested_bytes;
         }
         let totals = &mut self.totals[index];
         totals.add_fields(index, &raw);
         totals.allocated_peak_bytes = totals.allocated_peak_bytes.max(totals.allocated_current());
         totals.requested_peak_bytes = totals.requested_peak_bytes.max(totals.requested_current());
-        self.allocated_peak_bytes = self.allocated_peak_bytes.max(self.allocated_bytes);
         self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
     }
 
-    /// The merged totals plus every record's unmerged figures, and the
-    /// peaks including each thread's pending high.
+    /// The merged totals plus every record's unmerged figures.
     pub(crate) fn snapshot<'r>(&self, records: impl Iterator<Item = &'r ThreadRecord>) -> Snapshot {
         let mut totals = self.totals;
-        let mut allocated_peak = self.allocated_peak_bytes;
-        let requested_peak = self.requested_peak_bytes;
         let mut cached_bytes = 0;
         for record in records {
-            let high = record.pending_high_bytes.load(Relaxed).max(0);
-            allocated_peak = allocated_peak.max((self.allocated_bytes as i64 + high) as u64);
             cached_bytes += record.cached_bytes();
-            for (index, cells) in record.counts.iter().enumerate() {
+            for (index, cells) in record.cells.iter().map(|c| &c.counts).enumerate() {
                 let mut raw = [0u64; FIELDS];
                 for (value, cell) in raw.iter_mut().zip(cells) {
                     *value = cell.load(Relaxed);
@@ -261,8 +276,7 @@ impl Central {
         }
         Snapshot {
             totals,
-            allocated_peak_bytes: allocated_peak,
-            requested_peak_bytes: requested_peak,
+            requested_peak_bytes: self.requested_peak_bytes,
             cached_bytes,
         }
     }
@@ -271,7 +285,6 @@ impl Central {
 /// What [`Central::snapshot`] gives.
 pub(crate) struct Snapshot {
     pub(crate) totals: [Totals; COUNTER_INDICES],
-    pub(crate) allocated_peak_bytes: u64,
     pub(crate) requested_peak_bytes: u64,
     pub(crate) cached_bytes: u64,
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use strata_bitmap::{Block, BlockBitmap};
 
 use crate::accounting::{
-    Central, ReservedCounter, ThreadRecord, ALLOC_COUNT, FREE_COUNT, LARGE_INDEX,
+    Central, PeakTracker, ReservedCounter, ThreadRecord, ALLOC_COUNT, FREE_COUNT, LARGE_INDEX,
 };
 use crate::arena::{arena_bytes_for, ArenaConfig, ArenaId, ArenaMap};
 use crate::budget::Reservation;
@@ -180,6 +180,8 @@ pub(crate) struct Shared {
     large: Mutex<Large>,
     arena_virtual_bytes: u64,
     pub(crate) central: Mutex<Central>,
+    /// Folded net of allocated bytes and its peak.
+    pub(crate) peak: PeakTracker,
     pub(crate) threads: Mutex<Vec<Arc<ThreadRecord>>>,
     reserved: ReservedCounter,
     pub(crate) profiler: Profiler,
@@ -200,6 +202,17 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Count one operation done outside any thread cache.
+    fn count_direct(&self, index: usize, alloc: bool, block_bytes: u64, requested_bytes: u64) {
+        lock(&self.central).count_direct(index, alloc, block_bytes, requested_bytes);
+        let net = if alloc {
+            block_bytes as i64
+        } else {
+            -(block_bytes as i64)
+        };
+        self.peak.fold(net, net.max(0));
+    }
+
     #[inline]
     fn kind_of(&self, addr: usize) -> Option<(BlockKind, u64)> {
         match self.slab_region.offset_of(addr) {
@@ -621,6 +634,7 @@ impl HybridPool {
             }),
             arena_virtual_bytes,
             central: Mutex::new(Central::new()),
+            peak: PeakTracker::default(),
             threads: Mutex::new(Vec::new()),
             reserved: ReservedCounter::default(),
             history: profiler.history_enabled(),
@@ -771,7 +785,7 @@ impl HybridPool {
             }
         };
         if shared.accounting {
-            lock(&shared.central).count_direct(index, true, block_bytes, size_bytes);
+            shared.count_direct(index, true, block_bytes, size_bytes);
         }
         Ok((addr, kind, block_bytes))
     }
@@ -828,7 +842,7 @@ impl HybridPool {
                 if cached.is_none() {
                     self.shared.flush(class, &[addr]);
                     if self.shared.accounting {
-                        lock(&self.shared.central).count_direct(
+                        self.shared.count_direct(
                             class,
                             false,
                             class_size_bytes(class),
@@ -850,12 +864,8 @@ impl HybridPool {
                 let counted =
                     self.with_cache(|cache| cache.count_large_free(block_bytes, requested_bytes));
                 if counted.is_none() && self.shared.accounting {
-                    lock(&self.shared.central).count_direct(
-                        LARGE_INDEX,
-                        false,
-                        block_bytes,
-                        requested_bytes,
-                    );
+                    self.shared
+                        .count_direct(LARGE_INDEX, false, block_bytes, requested_bytes);
                 }
                 Ok(())
             }
@@ -1050,23 +1060,15 @@ impl HybridPool {
                 let class = class as usize;
                 self.shared.flush(class, &[addr]);
                 if self.shared.accounting {
-                    lock(&self.shared.central).count_direct(
-                        class,
-                        false,
-                        class_size_bytes(class),
-                        size_bytes,
-                    );
+                    self.shared
+                        .count_direct(class, false, class_size_bytes(class), size_bytes);
                 }
             }
             BlockKind::Large => {
                 let (block_bytes, _) = self.shared.free_large(addr)?;
                 if self.shared.accounting {
-                    lock(&self.shared.central).count_direct(
-                        LARGE_INDEX,
-                        false,
-                        block_bytes,
-                        size_bytes,
-                    );
+                    self.shared
+                        .count_direct(LARGE_INDEX, false, block_bytes, size_bytes);
                 }
             }
         }
@@ -1198,17 +1200,18 @@ impl HybridPool {
             let stats = large.map.stats();
             (stats, stats.allocated_bytes)
         };
-        let snapshot = {
+        let (snapshot, allocated_peak) = {
             let central = lock(&shared.central);
             let threads = lock(&shared.threads);
-            central.snapshot(threads.iter().map(|record| &**record))
+            (
+                central.snapshot(threads.iter().map(|record| &**record)),
+                shared
+                    .peak
+                    .peak_with(threads.iter().map(|record| &**record)),
+            )
         };
         let totals = snapshot.totals;
-        let (allocated_peak, requested_peak, cached_bytes) = (
-            snapshot.allocated_peak_bytes,
-            snapshot.requested_peak_bytes,
-            snapshot.cached_bytes,
-        );
+        let (requested_peak, cached_bytes) = (snapshot.requested_peak_bytes, snapshot.cached_bytes);
         let class_stats = |index: usize, class_bytes: u64| ClassStats {
             class_bytes,
             allocated: totals[index].stat(true),

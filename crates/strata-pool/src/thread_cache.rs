@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::accounting::{
-    bump, Excursion, ThreadRecord, ALLOC_BYTES, ALLOC_COUNT, COUNTER_MERGE_BYTES,
+    bump, ThreadRecord, ALLOC_BYTES, ALLOC_COUNT, COUNTER_INDICES, COUNTER_MERGE_BYTES,
     COUNTER_MERGE_OPS, FREE_BYTES, FREE_COUNT, LARGE_INDEX, REQUESTED_ALLOC_BYTES,
     REQUESTED_FREE_BYTES,
 };
@@ -57,12 +57,9 @@ pub(crate) struct ThreadCache {
     sampler: ByteSampler,
     profiling: bool,
     accounting: bool,
-    /// Operations left before the next merge.
-    ops_left: u32,
-    allocated: Excursion,
-    /// Unmerged net change of requested bytes (its peak is kept at merge
-    /// points only: one figure per operation less on the fast path).
-    requested_net_bytes: i64,
+    /// Net change of allocated bytes since the last fold (its highest
+    /// point is kept in the record, where snapshots see it).
+    net_allocated_bytes: i64,
 }
 
 impl ThreadCache {
@@ -82,28 +79,38 @@ impl ThreadCache {
             record,
             slots: Box::new([[0; MAGAZINE_SLOTS_MAX]; CLASS_COUNT]),
             capacity,
-            ops_left: COUNTER_MERGE_OPS,
-            allocated: Excursion::default(),
-            requested_net_bytes: 0,
+            net_allocated_bytes: 0,
         }
     }
 
-    /// Count one operation; merge when the batch is full or this thread's
-    /// net allocation reaches a new high past [`COUNTER_MERGE_BYTES`].
+    /// Count one operation. A class's counters merge into the pool after
+    /// every [`COUNTER_MERGE_OPS`] allocations of that class (checked on the
+    /// count just written, so no separate countdown is kept); the net of
+    /// allocated bytes folds into the pool's peak tracker when it passes
+    /// [`COUNTER_MERGE_BYTES`] either way. Four stores per allocation and
+    /// three per free, all to lines the operation touches anyway.
     #[inline(always)]
     fn count(&mut self, index: usize, alloc: bool, block_bytes: u64, requested_bytes: u64) {
         let record = &*self.record;
-        let cells = &record.counts[index];
+        let cells = &record.cells[index].counts;
         if alloc {
-            bump(&cells[ALLOC_COUNT], 1);
+            let allocs = cells[ALLOC_COUNT].load(Relaxed) + 1;
+            cells[ALLOC_COUNT].store(allocs, Relaxed);
             bump(&cells[REQUESTED_ALLOC_BYTES], requested_bytes);
             if index == LARGE_INDEX {
                 bump(&cells[ALLOC_BYTES], block_bytes);
             }
-            self.requested_net_bytes += requested_bytes as i64;
-            self.allocated.net_bytes += block_bytes as i64;
-            if self.allocated.net_bytes > self.allocated.high_bytes {
-                self.new_high();
+            let net = self.net_allocated_bytes + block_bytes as i64;
+            self.net_allocated_bytes = net;
+            // Branch-free: the high moves by a conditional move and is always
+            // published (a branch on a random walk mispredicts often).
+            let high = record.pending_high_bytes.load(Relaxed).max(net);
+            record.pending_high_bytes.store(high, Relaxed);
+            if net >= COUNTER_MERGE_BYTES as i64 {
+                self.fold();
+            }
+            if allocs & (COUNTER_MERGE_OPS - 1) == 0 {
+                self.merge(index);
             }
         } else {
             bump(&cells[FREE_COUNT], 1);
@@ -111,41 +118,33 @@ impl ThreadCache {
             if index == LARGE_INDEX {
                 bump(&cells[FREE_BYTES], block_bytes);
             }
-            self.requested_net_bytes -= requested_bytes as i64;
-            self.allocated.net_bytes -= block_bytes as i64;
-        }
-        self.ops_left -= 1;
-        if self.ops_left == 0 {
-            self.merge();
+            self.net_allocated_bytes -= block_bytes as i64;
+            if self.net_allocated_bytes <= -(COUNTER_MERGE_BYTES as i64) {
+                self.fold();
+            }
         }
     }
 
-    /// Publish a new high of this thread's unmerged net allocation (so a
-    /// snapshot's peak includes it), and merge once it passes the bound.
-    #[inline(always)]
-    fn new_high(&mut self) {
-        self.allocated.high_bytes = self.allocated.net_bytes;
-        self.record
-            .pending_high_bytes
-            .store(self.allocated.high_bytes, Relaxed);
-        if self.allocated.high_bytes >= COUNTER_MERGE_BYTES as i64 {
-            self.merge();
-        }
-    }
-
+    /// Fold this thread's net of allocated bytes into the peak tracker.
     #[cold]
     #[inline(never)]
-    fn merge(&mut self) {
-        let mut central = lock(&self.shared.central);
-        let requested = Excursion {
-            net_bytes: self.requested_net_bytes,
-            high_bytes: 0,
-        };
-        central.merge(&self.record, self.allocated, requested);
-        drop(central);
-        self.ops_left = COUNTER_MERGE_OPS;
-        self.allocated = Excursion::default();
-        self.requested_net_bytes = 0;
+    fn fold(&mut self) {
+        let high = self.record.pending_high_bytes.load(Relaxed);
+        self.shared.peak.fold(self.net_allocated_bytes, high);
+        self.net_allocated_bytes = 0;
+        self.record.pending_high_bytes.store(0, Relaxed);
+    }
+
+    /// Merge one class's counters into the pool.
+    #[cold]
+    #[inline(never)]
+    fn merge(&mut self, index: usize) {
+        lock(&self.shared.central).merge(&self.record, index..index + 1);
+    }
+
+    /// Merge every class's counters into the pool.
+    fn merge_all(&mut self) {
+        lock(&self.shared.central).merge(&self.record, 0..COUNTER_INDICES);
     }
 
     /// The common case of a small allocation: a slot from this thread's
@@ -156,7 +155,7 @@ impl ThreadCache {
         if self.profiling && self.sampler.sample(size_bytes) {
             return FastAlloc::Sample;
         }
-        let len_cell = &self.record.magazine_len[class];
+        let len_cell = &self.record.cells[class].magazine_len;
         let len = len_cell.load(Relaxed) as usize;
         if len == 0 {
             return FastAlloc::Refill;
@@ -219,19 +218,23 @@ impl ThreadCache {
         taken.sort_unstable_by(|a, b| b.cmp(a));
         let addr = taken.pop().expect("refill returns at least one slot");
         self.slots[class][..taken.len()].copy_from_slice(&taken);
-        self.record.magazine_len[class].store(taken.len() as u32, Relaxed);
+        self.record.cells[class]
+            .magazine_len
+            .store(taken.len() as u32, Relaxed);
         Ok(addr)
     }
 
     /// Free a small block of `class` into this thread's magazine.
     #[inline(always)]
     pub(crate) fn free_small(&mut self, class: usize, addr: usize, requested_bytes: u64) {
-        let mut len = self.record.magazine_len[class].load(Relaxed);
+        let mut len = self.record.cells[class].magazine_len.load(Relaxed);
         if len >= self.capacity[class] {
             len = self.flush_half(class);
         }
         self.slots[class][len as usize] = addr;
-        self.record.magazine_len[class].store(len + 1, Relaxed);
+        self.record.cells[class]
+            .magazine_len
+            .store(len + 1, Relaxed);
         if self.accounting {
             self.count(class, false, class_size_bytes(class), requested_bytes);
         }
@@ -241,22 +244,24 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     fn flush_half(&mut self, class: usize) -> u32 {
-        let len = self.record.magazine_len[class].load(Relaxed) as usize;
+        let len = self.record.cells[class].magazine_len.load(Relaxed) as usize;
         let keep = len / 2;
         // The bottom of the stack has waited longest: return it.
         self.shared.flush(class, &self.slots[class][..len - keep]);
         self.slots[class].copy_within(len - keep..len, 0);
-        self.record.magazine_len[class].store(keep as u32, Relaxed);
+        self.record.cells[class]
+            .magazine_len
+            .store(keep as u32, Relaxed);
         keep as u32
     }
 
     /// Return every parked slot to the slabs.
     pub(crate) fn flush_all(&mut self) {
         for class in 0..CLASS_COUNT {
-            let len = self.record.magazine_len[class].load(Relaxed) as usize;
+            let len = self.record.cells[class].magazine_len.load(Relaxed) as usize;
             if len > 0 {
                 self.shared.flush(class, &self.slots[class][..len]);
-                self.record.magazine_len[class].store(0, Relaxed);
+                self.record.cells[class].magazine_len.store(0, Relaxed);
             }
         }
     }
@@ -304,7 +309,8 @@ impl Drop for ThreadCache {
     fn drop(&mut self) {
         self.flush_all();
         if self.accounting {
-            self.merge();
+            self.merge_all();
+            self.fold();
         }
         let mut threads = lock(&self.shared.threads);
         threads.retain(|record| !Arc::ptr_eq(record, &self.record));

@@ -376,7 +376,7 @@ impl<A> TrackingAllocator<A> {
                     binding.net_bytes -= bytes as i64;
                 }
                 binding.ops += 1;
-                if binding.ops >= COUNTER_MERGE_OPS
+                if u64::from(binding.ops) >= COUNTER_MERGE_OPS
                     || binding.net_bytes.unsigned_abs() >= COUNTER_MERGE_BYTES
                 {
                     self.merge(binding);
