@@ -11,6 +11,8 @@ use mimalloc::MiMalloc;
 use strata_bench::{BenchOptions, BenchResult, SuiteReport};
 use strata_pool::TrackingAllocator;
 
+mod stats;
+
 /// Every heap allocation of the program, counted: the `pool` suite reads
 /// its live bytes to measure the pool's metadata.
 #[global_allocator]
@@ -53,6 +55,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print this process's memory figures: the heap as the tracking
+    /// allocator counts it, RSS, system and cgroup memory, the pressure
+    /// level; with `--demo-workload`, also a pool after a short workload.
+    Stats {
+        /// Run a short pool workload first and include its figures.
+        #[arg(long)]
+        demo_workload: bool,
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Shown by `strata demo` until the out-of-core engine exists.
@@ -78,7 +91,15 @@ fn main() -> ExitCode {
                 },
                 json,
             )
+            .and_then(|()| {
+                eprintln!("strata demo: a pool workload under a 256 MiB fair budget");
+                print_stats(true, json)
+            })
         }
+        Command::Stats {
+            demo_workload,
+            json,
+        } => print_stats(demo_workload, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +108,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the figures of `strata stats`.
+fn print_stats(demo_workload: bool, json: bool) -> Result<(), String> {
+    let snapshot = if demo_workload {
+        stats::demo_workload(GLOBAL.stats())?
+    } else {
+        stats::process_only(GLOBAL.stats())
+    };
+    let text = if json {
+        let mut text =
+            serde_json::to_string_pretty(&stats::to_json(&snapshot)).map_err(|e| e.to_string())?;
+        text.push('\n');
+        text
+    } else {
+        stats::to_text(&snapshot)
+    };
+    io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("writing the figures: {e}"))
 }
 
 /// How much work `strata bench` asks for.

@@ -109,3 +109,45 @@ fn bench_pool_smoke_json_parses() {
     );
     assert!(report["notes"].as_array().is_some_and(|n| !n.is_empty()));
 }
+
+#[test]
+fn stats_prints_the_pool_and_process_figures() {
+    let output = strata()
+        .args(["stats", "--demo-workload", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let pool = &doc["pool"];
+    let allocated = &pool["allocated"];
+    let current = allocated["current_bytes"].as_u64().unwrap();
+    let peak = allocated["peak_bytes"].as_u64().unwrap();
+    assert!(current > 0 && peak >= current, "{allocated}");
+    assert_eq!(
+        allocated["allocated_total_bytes"].as_u64().unwrap()
+            - allocated["freed_total_bytes"].as_u64().unwrap(),
+        current
+    );
+    assert!(pool["reserved"]["current_bytes"].as_u64().unwrap() >= current);
+    // The charged budget holds exactly what the pool has live.
+    assert_eq!(doc["budget"]["reserved_bytes"].as_u64().unwrap(), current);
+    assert_eq!(doc["budget"]["top_consumers"].as_array().unwrap().len(), 3);
+    assert!(doc["heap"]["alloc_count"].as_u64().unwrap() > 0);
+    assert!(doc["machine"]["pressure"].is_string());
+
+    let text = strata()
+        .args(["stats", "--demo-workload"])
+        .output()
+        .unwrap();
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8_lossy(&text.stdout);
+    for needle in [
+        "allocated",
+        "reserved",
+        "budget:",
+        "sampled profile",
+        "memory pressure",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}

@@ -82,6 +82,17 @@ pub(crate) struct ThreadRecord {
 }
 
 impl ThreadRecord {
+    /// Net requested bytes counted here and not merged yet.
+    pub(crate) fn unmerged_requested_net_bytes(&self) -> i64 {
+        self.cells
+            .iter()
+            .map(|cell| {
+                cell.counts[REQUESTED_ALLOC_BYTES].load(Relaxed) as i64
+                    - cell.counts[REQUESTED_FREE_BYTES].load(Relaxed) as i64
+            })
+            .sum()
+    }
+
     pub(crate) fn new() -> Self {
         ThreadRecord {
             cells: std::array::from_fn(|_| ClassCell {
@@ -174,6 +185,11 @@ impl PeakTracker {
         self.peak_bytes.fetch_max(candidate, Relaxed);
     }
 
+    /// The peak so far, counting no unfolded change.
+    pub(crate) fn folded_peak(&self) -> u64 {
+        self.peak_bytes.load(Relaxed)
+    }
+
     /// The peak, counting each thread's unfolded high.
     pub(crate) fn peak_with<'r>(&self, records: impl Iterator<Item = &'r ThreadRecord>) -> u64 {
         let merged = self.merged_net_bytes.load(Relaxed);
@@ -204,7 +220,10 @@ impl Central {
     /// Fold a thread's counters of `indices` into the totals and zero them.
     /// Called by the record's own thread (the only writer), so plain loads
     /// and stores suffice.
-    pub(crate) fn merge(&mut self, record: &ThreadRecord, indices: std::ops::Range<usize>) {
+    ///
+    /// Returns the net of requested bytes it moved.
+    pub(crate) fn merge(&mut self, record: &ThreadRecord, indices: std::ops::Range<usize>) -> i64 {
+        let mut requested_net_bytes = 0i64;
         for index in indices {
             let cells = &record.cells[index].counts;
             let mut raw = [0u64; FIELDS];
@@ -225,11 +244,12 @@ impl Central {
                 totals.allocated_peak_bytes.max(totals.allocated_current());
             totals.requested_peak_bytes =
                 totals.requested_peak_bytes.max(totals.requested_current());
-            self.requested_bytes = (self.requested_bytes as i64
-                + (raw[REQUESTED_ALLOC_BYTES] as i64 - raw[REQUESTED_FREE_BYTES] as i64))
-                as u64;
+            let net = raw[REQUESTED_ALLOC_BYTES] as i64 - raw[REQUESTED_FREE_BYTES] as i64;
+            requested_net_bytes += net;
+            self.requested_bytes = (self.requested_bytes as i64 + net) as u64;
             self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
         }
+        requested_net_bytes
     }
 
     /// Count one operation done outside any thread cache (the caller folds

@@ -182,6 +182,8 @@ pub(crate) struct Shared {
     pub(crate) central: Mutex<Central>,
     /// Folded net of allocated bytes and its peak.
     pub(crate) peak: PeakTracker,
+    /// Folded net of requested bytes and its peak.
+    pub(crate) requested_peak: PeakTracker,
     pub(crate) threads: Mutex<Vec<Arc<ThreadRecord>>>,
     reserved: ReservedCounter,
     pub(crate) profiler: Profiler,
@@ -635,6 +637,7 @@ impl HybridPool {
             arena_virtual_bytes,
             central: Mutex::new(Central::new()),
             peak: PeakTracker::default(),
+            requested_peak: PeakTracker::default(),
             threads: Mutex::new(Vec::new()),
             reserved: ReservedCounter::default(),
             history: profiler.history_enabled(),
@@ -1211,7 +1214,10 @@ impl HybridPool {
             )
         };
         let totals = snapshot.totals;
-        let (requested_peak, cached_bytes) = (snapshot.requested_peak_bytes, snapshot.cached_bytes);
+        let requested_peak = snapshot
+            .requested_peak_bytes
+            .max(shared.requested_peak.folded_peak());
+        let cached_bytes = snapshot.cached_bytes;
         let class_stats = |index: usize, class_bytes: u64| ClassStats {
             class_bytes,
             allocated: totals[index].stat(true),

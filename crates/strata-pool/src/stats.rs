@@ -58,17 +58,18 @@ pub struct ClassStats {
 ///
 /// Current values and totals are exact when taken while no other thread
 /// is allocating from the pool (they sum the merged figures with every
-/// thread's unmerged ones). Peaks are merged in batches: each thread folds
-/// its figures into the pool every [`COUNTER_MERGE_OPS`](crate::COUNTER_MERGE_OPS)
-/// operations or once its unmerged net change passes
-/// [`COUNTER_MERGE_BYTES`](crate::COUNTER_MERGE_BYTES), taking its own
-/// highest point since the last merge into account. A peak is therefore
-/// exact while one thread allocates, and otherwise within
+/// thread's unmerged ones). Each thread merges a class's counters into the
+/// pool after every [`COUNTER_MERGE_OPS`](crate::COUNTER_MERGE_OPS)
+/// allocations of that class, and folds its net of allocated bytes into
+/// the pool's peak tracker whenever that net passes
+/// [`COUNTER_MERGE_BYTES`](crate::COUNTER_MERGE_BYTES) either way, together
+/// with the highest point it reached. So the `allocated` peak is exact while
+/// one thread allocates, and otherwise within
 /// `(threads - 1) * (COUNTER_MERGE_BYTES + the largest block)` of the true
-/// peak. The `requested` peak is taken at merge points and snapshots only
-/// (one counter less on the fast path), so it can miss a short excursion of
-/// up to `COUNTER_MERGE_BYTES + the largest block` per thread. `reserved` is
-/// kept under the pool's own locks and is always exact.
+/// peak. The `requested` peak is taken at those folds and at merges, with no
+/// cost per operation, so it can miss a short excursion of up to
+/// `COUNTER_MERGE_BYTES + the largest block` per thread. `reserved` is kept
+/// under the pool's own locks and is always exact.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolStats {
     /// The pool's device.

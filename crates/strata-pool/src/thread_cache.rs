@@ -60,6 +60,12 @@ pub(crate) struct ThreadCache {
     /// Net change of allocated bytes since the last fold (its highest
     /// point is kept in the record, where snapshots see it).
     net_allocated_bytes: i64,
+    /// Net requested bytes this thread has merged so far, and its whole
+    /// net (merged and not) at the last fold: requested bytes are folded
+    /// into their own peak tracker at the allocated folds, with no
+    /// per-operation cost.
+    requested_merged_bytes: i64,
+    requested_at_fold_bytes: i64,
 }
 
 impl ThreadCache {
@@ -80,6 +86,8 @@ impl ThreadCache {
             slots: Box::new([[0; MAGAZINE_SLOTS_MAX]; CLASS_COUNT]),
             capacity,
             net_allocated_bytes: 0,
+            requested_merged_bytes: 0,
+            requested_at_fold_bytes: 0,
         }
     }
 
@@ -133,18 +141,24 @@ impl ThreadCache {
         self.shared.peak.fold(self.net_allocated_bytes, high);
         self.net_allocated_bytes = 0;
         self.record.pending_high_bytes.store(0, Relaxed);
+        let requested = self.requested_merged_bytes + self.record.unmerged_requested_net_bytes();
+        let delta = requested - self.requested_at_fold_bytes;
+        self.shared.requested_peak.fold(delta, delta.max(0));
+        self.requested_at_fold_bytes = requested;
     }
 
     /// Merge one class's counters into the pool.
     #[cold]
     #[inline(never)]
     fn merge(&mut self, index: usize) {
-        lock(&self.shared.central).merge(&self.record, index..index + 1);
+        self.requested_merged_bytes +=
+            lock(&self.shared.central).merge(&self.record, index..index + 1);
     }
 
     /// Merge every class's counters into the pool.
     fn merge_all(&mut self) {
-        lock(&self.shared.central).merge(&self.record, 0..COUNTER_INDICES);
+        self.requested_merged_bytes +=
+            lock(&self.shared.central).merge(&self.record, 0..COUNTER_INDICES);
     }
 
     /// The common case of a small allocation: a slot from this thread's
