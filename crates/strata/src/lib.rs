@@ -2,9 +2,12 @@
 //!
 //! This facade re-exports the public API of Strata's layers so that one
 //! dependency is enough. Each layer is also usable on its own through its
-//! crate; today that is the block allocator, [`bitmap`] (`strata-bitmap`):
+//! crate; today those are the block allocator, [`bitmap`] (`strata-bitmap`):
 //! O(1) block and extent allocation over a hierarchical bitmap, with an
-//! allocation cache and reserved ranges.
+//! allocation cache and reserved ranges; and the memory layer, [`pool`]
+//! (`strata-pool`): budgets, the hybrid pool per device with always-on
+//! accounting, pressure levels, sampled profiling and a tracking global
+//! allocator.
 //!
 //! # Example
 //!
@@ -35,3 +38,7 @@
 
 pub use strata_bitmap as bitmap;
 pub use strata_bitmap::{BitmapError, BitmapStats, Block, BlockBitmap, Extent, SharedBitmap};
+pub use strata_pool as pool;
+pub use strata_pool::{
+    Device, DevicePools, HybridPool, PoolBox, PoolConfig, PoolError, PoolStats, TrackingAllocator,
+};
