@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mimalloc::MiMalloc;
-use strata_bench::churn::{ChurnPlan, ChurnWorker, RawAlloc, ViaGlobalAlloc};
+use strata_bench::churn::{ChurnPlan, ChurnSizes, ChurnWorker, RawAlloc, ViaGlobalAlloc};
 use strata_pool::sampling::{ProfileConfig, ProfileLevel};
 use strata_pool::{HybridPool, PoolConfig};
 
@@ -53,7 +53,7 @@ fn pool_config(accounting: bool) -> PoolConfig {
 }
 
 fn churn(c: &mut Criterion) {
-    let plan = ChurnPlan::generate(SEED, SLOTS, PLAN_STEPS);
+    let plan = ChurnPlan::generate(SEED, SLOTS, PLAN_STEPS, ChurnSizes::FULL);
     let pool = HybridPool::new(pool_config(true)).expect("pool");
     churn_on(c, "pool", &pool, &plan);
     let stats = pool.stats();

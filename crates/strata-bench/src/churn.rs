@@ -4,9 +4,10 @@
 //! A [`ChurnPlan`] is generated before anything is timed: the sizes of a
 //! working set of live slots, then a sequence of steps, each naming the slot
 //! to free and the size of the block to allocate into it. Sizes are
-//! log-uniform over [`CHURN_SIZE_BYTES_MIN`]..=[`CHURN_SIZE_BYTES_MAX`]
-//! (every power of two equally likely), so no random number is drawn in a
-//! timed loop and every allocator replays the same sequence.
+//! log-uniform over a [`ChurnSizes`] range (every power of two equally
+//! likely): [`ChurnSizes::FULL`] is 16 B..=1 MiB, [`ChurnSizes::SMALL`]
+//! 16 B..=4 KiB. No random number is drawn in a timed loop and every
+//! allocator replays the same sequence.
 //!
 //! A [`ChurnWorker`] replays a plan. It writes a tag byte at the first and
 //! the last byte of every block it allocates and checks both before it frees
@@ -16,9 +17,10 @@
 //!
 //! ```
 //! use std::alloc::System;
-//! use strata_bench::churn::{ChurnPlan, ChurnWorker, ViaGlobalAlloc};
+//! use strata_bench::churn::{ChurnPlan, ChurnSizes, ChurnWorker, ViaGlobalAlloc};
 //!
-//! let plan = ChurnPlan::generate(7, 64, 1000);
+//! let plan = ChurnPlan::generate(7, 64, 1000, ChurnSizes::SMALL);
+//! assert!(plan.steps().iter().all(|s| s.size_bytes <= 4096));
 //! let system = ViaGlobalAlloc(&System);
 //! let mut worker = ChurnWorker::fill(&system, &plan)?;
 //! worker.run(plan.steps())?;
@@ -36,10 +38,14 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use strata_pool::HybridPool;
 
-/// Smallest block the churn allocates.
+/// Smallest block any churn allocates.
 pub const CHURN_SIZE_BYTES_MIN: u32 = 16;
-/// Largest block the churn allocates (the pool's small-block limit).
+/// Largest block any churn allocates (the pool's small-block limit).
 pub const CHURN_SIZE_BYTES_MAX: u32 = 1 << 20;
+/// Largest block of [`ChurnSizes::SMALL`]: one 4 KiB page, so the small
+/// churn stays in the size classes where the per-call cost, not touching
+/// memory, dominates.
+pub const CHURN_SMALL_SIZE_BYTES_MAX: u32 = 4096;
 /// Alignment of every churn block: what `malloc` guarantees, so no
 /// allocator takes an aligned slow path.
 pub const CHURN_ALIGN_BYTES: usize = 16;
@@ -50,6 +56,100 @@ const _: () = assert!(CHURN_SIZE_BYTES_MIN < CHURN_SIZE_BYTES_MAX);
 const _: () = assert!(CHURN_SIZE_BYTES_MAX as u64 <= strata_pool::size_class::SMALL_BYTES_MAX);
 // Tags sit at the first and last byte; blocks of one byte would have one.
 const _: () = assert!(CHURN_SIZE_BYTES_MIN >= 2);
+const _: () = assert!(CHURN_SIZE_BYTES_MIN < CHURN_SMALL_SIZE_BYTES_MAX);
+const _: () = assert!(
+    ChurnSizes::is_valid(ChurnSizes::FULL.min_bytes, ChurnSizes::FULL.max_bytes)
+        && ChurnSizes::is_valid(ChurnSizes::SMALL.min_bytes, ChurnSizes::SMALL.max_bytes)
+);
+
+/// The sizes a churn draws: log-uniform over `min_bytes..=max_bytes`, both
+/// powers of two inside [`CHURN_SIZE_BYTES_MIN`]..=[`CHURN_SIZE_BYTES_MAX`],
+/// so every power of two in the range is equally likely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChurnSizes {
+    min_bytes: u32,
+    max_bytes: u32,
+}
+
+impl ChurnSizes {
+    /// 16 B..=1 MiB: every size class of the pool's small path.
+    pub const FULL: ChurnSizes = ChurnSizes {
+        min_bytes: CHURN_SIZE_BYTES_MIN,
+        max_bytes: CHURN_SIZE_BYTES_MAX,
+    };
+    /// 16 B..=4 KiB ([`CHURN_SMALL_SIZE_BYTES_MAX`]).
+    pub const SMALL: ChurnSizes = ChurnSizes {
+        min_bytes: CHURN_SIZE_BYTES_MIN,
+        max_bytes: CHURN_SMALL_SIZE_BYTES_MAX,
+    };
+
+    /// The range `min_bytes..=max_bytes`.
+    ///
+    /// # Panics
+    /// If either bound is not a power of two, `min_bytes > max_bytes`, or
+    /// the range leaves `CHURN_SIZE_BYTES_MIN..=CHURN_SIZE_BYTES_MAX`.
+    pub fn new(min_bytes: u32, max_bytes: u32) -> ChurnSizes {
+        assert!(
+            ChurnSizes::is_valid(min_bytes, max_bytes),
+            "sizes {min_bytes}..={max_bytes} must be powers of two, ordered, inside \
+             {CHURN_SIZE_BYTES_MIN}..={CHURN_SIZE_BYTES_MAX}"
+        );
+        ChurnSizes {
+            min_bytes,
+            max_bytes,
+        }
+    }
+
+    /// The checks of [`ChurnSizes::new`].
+    const fn is_valid(min_bytes: u32, max_bytes: u32) -> bool {
+        min_bytes.is_power_of_two()
+            && max_bytes.is_power_of_two()
+            && CHURN_SIZE_BYTES_MIN <= min_bytes
+            && min_bytes <= max_bytes
+            && max_bytes <= CHURN_SIZE_BYTES_MAX
+    }
+
+    /// Smallest size drawn.
+    pub fn min_bytes(self) -> u32 {
+        self.min_bytes
+    }
+
+    /// Largest size drawn.
+    pub fn max_bytes(self) -> u32 {
+        self.max_bytes
+    }
+
+    /// Whether `size_bytes` lies in the range.
+    pub fn contains(self, size_bytes: u32) -> bool {
+        (self.min_bytes..=self.max_bytes).contains(&size_bytes)
+    }
+}
+
+impl fmt::Display for ChurnSizes {
+    /// `16 B..=4 KiB`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}..={}",
+            power_of_two_bytes(self.min_bytes),
+            power_of_two_bytes(self.max_bytes)
+        )
+    }
+}
+
+/// `16 B`, `4 KiB`, `1 MiB`: a size in the largest binary unit that
+/// divides it.
+fn power_of_two_bytes(size_bytes: u32) -> String {
+    const KIB: u32 = 1 << 10;
+    const MIB: u32 = 1 << 20;
+    if size_bytes >= MIB && size_bytes.is_multiple_of(MIB) {
+        format!("{} MiB", size_bytes / MIB)
+    } else if size_bytes >= KIB && size_bytes.is_multiple_of(KIB) {
+        format!("{} KiB", size_bytes / KIB)
+    } else {
+        format!("{size_bytes} B")
+    }
+}
 
 /// The raw allocation interface every benchmarked allocator is driven
 /// through, so that they all pay the same call overhead.
@@ -126,22 +226,24 @@ pub struct ChurnPlan {
 
 impl ChurnPlan {
     /// `slots` starting blocks and `steps` steps, all drawn from `seed`:
-    /// slots uniformly, sizes with [`log_uniform_size`].
+    /// slots uniformly, sizes with [`log_uniform_size`] over `sizes`.
     ///
     /// # Panics
     /// If `slots` is 0 or above `u32::MAX`.
-    pub fn generate(seed: u64, slots: usize, steps: usize) -> ChurnPlan {
+    pub fn generate(seed: u64, slots: usize, steps: usize, sizes: ChurnSizes) -> ChurnPlan {
         assert!(
             slots > 0 && slots <= u32::MAX as usize,
             "slots {slots} must lie in 1..={}",
             u32::MAX
         );
         let mut rng = SmallRng::seed_from_u64(seed);
-        let fill_sizes = (0..slots).map(|_| log_uniform_size(&mut rng)).collect();
+        let fill_sizes = (0..slots)
+            .map(|_| log_uniform_size(&mut rng, sizes))
+            .collect();
         let steps = (0..steps)
             .map(|_| ChurnStep {
                 slot: rng.gen_range(0..slots as u32),
-                size_bytes: log_uniform_size(&mut rng),
+                size_bytes: log_uniform_size(&mut rng, sizes),
             })
             .collect();
         ChurnPlan { fill_sizes, steps }
@@ -155,7 +257,7 @@ impl ChurnPlan {
     /// `CHURN_SIZE_BYTES_MIN..=CHURN_SIZE_BYTES_MAX`, or a step names a slot
     /// past the working set.
     pub fn from_parts(fill_sizes: Vec<u32>, steps: Vec<ChurnStep>) -> ChurnPlan {
-        let sizes = CHURN_SIZE_BYTES_MIN..=CHURN_SIZE_BYTES_MAX;
+        let sizes = ChurnSizes::FULL.min_bytes..=ChurnSizes::FULL.max_bytes;
         assert!(
             !fill_sizes.is_empty() && fill_sizes.len() <= u32::MAX as usize,
             "{} slots",
@@ -205,13 +307,14 @@ impl ChurnPlan {
 }
 
 /// A size whose base-2 logarithm is uniform over
-/// `log2(CHURN_SIZE_BYTES_MIN)..=log2(CHURN_SIZE_BYTES_MAX)`, rounded to
-/// whole bytes.
-pub fn log_uniform_size(rng: &mut SmallRng) -> u32 {
-    let low = f64::from(CHURN_SIZE_BYTES_MIN.trailing_zeros());
-    let high = f64::from(CHURN_SIZE_BYTES_MAX.trailing_zeros());
+/// `log2(sizes.min_bytes())..=log2(sizes.max_bytes())`, rounded to whole
+/// bytes.
+pub fn log_uniform_size(rng: &mut SmallRng, sizes: ChurnSizes) -> u32 {
+    // Both bounds are powers of two, so these are their exact logarithms.
+    let low = f64::from(sizes.min_bytes.trailing_zeros());
+    let high = f64::from(sizes.max_bytes.trailing_zeros());
     let size = rng.gen_range(low..=high).exp2().round();
-    (size as u32).clamp(CHURN_SIZE_BYTES_MIN, CHURN_SIZE_BYTES_MAX)
+    (size as u32).clamp(sizes.min_bytes, sizes.max_bytes)
 }
 
 /// Why a churn stopped. The worker's live blocks are then leaked, not
@@ -472,41 +575,75 @@ mod tests {
 
     #[test]
     fn sizes_cover_every_octave_about_equally() {
-        let mut rng = SmallRng::seed_from_u64(11);
-        let octaves = (CHURN_SIZE_BYTES_MAX.trailing_zeros()
-            - CHURN_SIZE_BYTES_MIN.trailing_zeros()) as usize;
-        let mut counts = vec![0u32; octaves + 1];
-        let draws = 160_000;
-        for _ in 0..draws {
-            let size = log_uniform_size(&mut rng);
-            assert!(
-                (CHURN_SIZE_BYTES_MIN..=CHURN_SIZE_BYTES_MAX).contains(&size),
-                "size {size}"
-            );
-            let octave = (size.ilog2() - CHURN_SIZE_BYTES_MIN.trailing_zeros()) as usize;
-            counts[octave] += 1;
-        }
-        // Octaves below the top each get 1/octaves of the draws (the top
-        // "octave" is the single size 2^20, hit only by rounding).
-        let expected = draws as f64 / octaves as f64;
-        for (octave, &count) in counts[..octaves].iter().enumerate() {
-            let error = (f64::from(count) - expected).abs() / expected;
-            assert!(
-                error < 0.05,
-                "octave {octave}: {count} of {draws}, expected {expected}"
-            );
+        for (seed, sizes) in [(11, ChurnSizes::FULL), (12, ChurnSizes::SMALL)] {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let octaves =
+                (sizes.max_bytes().trailing_zeros() - sizes.min_bytes().trailing_zeros()) as usize;
+            let mut counts = vec![0u32; octaves + 1];
+            let draws = 160_000;
+            for _ in 0..draws {
+                let size = log_uniform_size(&mut rng, sizes);
+                assert!(
+                    sizes.contains(size),
+                    "seed {seed}: size {size} outside {sizes}"
+                );
+                let octave = (size.ilog2() - sizes.min_bytes().trailing_zeros()) as usize;
+                counts[octave] += 1;
+            }
+            // Octaves below the top each get 1/octaves of the draws (the
+            // top "octave" is the single size max_bytes, hit by rounding).
+            let expected = draws as f64 / octaves as f64;
+            for (octave, &count) in counts[..octaves].iter().enumerate() {
+                let error = (f64::from(count) - expected).abs() / expected;
+                assert!(
+                    error < 0.05,
+                    "seed {seed}, {sizes}: octave {octave}: {count} of {draws}, expected \
+                     {expected}"
+                );
+            }
         }
     }
 
     #[test]
     fn plans_are_reproducible_and_in_range() {
-        let a = ChurnPlan::generate(5, 100, 10_000);
-        assert_eq!(a, ChurnPlan::generate(5, 100, 10_000));
-        assert_ne!(a, ChurnPlan::generate(6, 100, 10_000));
-        assert!(a.steps().iter().all(|s| (s.slot as usize) < a.slots()));
-        let mean = a.mean_step_size_bytes();
-        // E[2^U], U uniform on [4, 20]: (2^20 - 2^4) / (16 ln 2) = 94,548.
-        assert!((mean - 94_548.0).abs() < 0.1 * 94_548.0, "mean {mean}");
+        // E[2^U], U uniform on [a, b]: (2^b - 2^a) / ((b - a) ln 2).
+        // [4, 20]: 94,548; [4, 12]: 735.8.
+        for (sizes, expected_mean) in [(ChurnSizes::FULL, 94_548.0), (ChurnSizes::SMALL, 735.8)] {
+            let a = ChurnPlan::generate(5, 100, 10_000, sizes);
+            assert_eq!(a, ChurnPlan::generate(5, 100, 10_000, sizes));
+            assert_ne!(a, ChurnPlan::generate(6, 100, 10_000, sizes));
+            assert!(a.steps().iter().all(|s| (s.slot as usize) < a.slots()));
+            assert!(a.fill_sizes().iter().all(|&s| sizes.contains(s)), "{sizes}");
+            assert!(
+                a.steps().iter().all(|s| sizes.contains(s.size_bytes)),
+                "{sizes}"
+            );
+            let mean = a.mean_step_size_bytes();
+            assert!(
+                (mean - expected_mean).abs() < 0.1 * expected_mean,
+                "{sizes}: mean {mean}, expected {expected_mean}"
+            );
+        }
+    }
+
+    #[test]
+    fn size_ranges_print_in_binary_units() {
+        assert_eq!(ChurnSizes::FULL.to_string(), "16 B..=1 MiB");
+        assert_eq!(ChurnSizes::SMALL.to_string(), "16 B..=4 KiB");
+        assert_eq!(ChurnSizes::new(32, 32).to_string(), "32 B..=32 B");
+        assert_eq!(ChurnSizes::new(16, 4096), ChurnSizes::SMALL);
+    }
+
+    #[test]
+    #[should_panic(expected = "sizes 16..=3000 must be powers of two")]
+    fn size_ranges_need_power_of_two_bounds() {
+        let _ = ChurnSizes::new(16, 3000);
+    }
+
+    #[test]
+    #[should_panic(expected = "sizes 8..=64 must be powers of two, ordered, inside 16")]
+    fn size_ranges_stay_inside_the_churn_limits() {
+        let _ = ChurnSizes::new(8, 64);
     }
 
     #[test]
@@ -560,7 +697,7 @@ mod tests {
 
     #[test]
     fn a_double_hand_out_is_caught() {
-        let plan = ChurnPlan::generate(3, 16, 2_000);
+        let plan = ChurnPlan::generate(3, 16, 2_000, ChurnSizes::FULL);
         let allocator = DoubleHandOut {
             allocs: AtomicUsize::new(0),
             after: 20,
@@ -573,7 +710,7 @@ mod tests {
 
     #[test]
     fn counts_match_the_plan() {
-        let plan = ChurnPlan::generate(9, 32, 500);
+        let plan = ChurnPlan::generate(9, 32, 500, ChurnSizes::SMALL);
         let system = ViaGlobalAlloc(&System);
         let mut worker = ChurnWorker::fill(&system, &plan).unwrap();
         assert_eq!(worker.live_blocks(), 32);

@@ -12,6 +12,10 @@
 //!    them alike. Every block's first and last byte carry a tag checked
 //!    before it is freed, and after every run the pool's statistics must
 //!    show nothing allocated and exactly the allocations and frees done.
+//!    The "small churn" rows repeat all of this with sizes 16 B..=4 KiB,
+//!    where the per-call cost dominates and a 512 KiB sampling mean samples
+//!    about one allocation in a thousand (at 16 B..=1 MiB it is about one in
+//!    eight, each taking the large path).
 //! 2. Metadata: heap bytes per live block with 1,000,000 live 64-byte
 //!    blocks in a pool (accounting on, sampling at 512 KiB), measured with
 //!    the caller's heap probe ([`BenchOptions::heap_bytes`]), and the
@@ -32,8 +36,7 @@ use strata_pool::sampling::{ProfileConfig, ProfileLevel, SAMPLE_MEAN_BYTES_DEFAU
 use strata_pool::{HybridPool, PoolConfig, PoolStats, TrackingAllocator};
 
 use crate::churn::{
-    ChurnPlan, ChurnWorker, RawAlloc, ViaGlobalAlloc, CHURN_ALIGN_BYTES, CHURN_SIZE_BYTES_MAX,
-    CHURN_SIZE_BYTES_MIN,
+    ChurnPlan, ChurnSizes, ChurnWorker, RawAlloc, ViaGlobalAlloc, CHURN_ALIGN_BYTES,
 };
 use crate::stats::median;
 use crate::{
@@ -79,23 +82,32 @@ const _: () =
     assert!(TRACE_BLOCK_FACTORS[0] * TRACE_UNIT_BYTES > strata_pool::size_class::SMALL_BYTES_MAX);
 const _: () = assert!(METADATA_BLOCK_BYTES as u64 <= strata_pool::size_class::SMALL_BYTES_MAX);
 
-/// How many iterations each benchmark runs.
+/// How many iterations one churn workload runs.
 #[derive(Clone, Copy, Debug)]
-struct Budget {
+struct ChurnBudget {
     /// Live blocks per churn thread.
-    churn_slots: usize,
+    slots: usize,
     /// Untimed churn steps per thread before the timed batches of a run.
-    churn_warmup_steps: usize,
+    warmup_steps: usize,
     /// Steps timed together by one pair of clock reads.
-    churn_batch_steps: usize,
+    batch_steps: usize,
     /// Timed batches per thread per run.
-    churn_batches: usize,
+    batches: usize,
     /// Untimed rounds of every allocator before the timed ones: the first
     /// use of fresh memory (page faults, the allocators' first segments)
     /// is not the steady state the rows describe.
-    churn_warmup_rounds: usize,
+    warmup_rounds: usize,
     /// Timed runs of each allocator, interleaved.
-    churn_rounds: usize,
+    rounds: usize,
+}
+
+/// How many iterations each benchmark runs.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    /// The churn over [`CHURN`]'s sizes.
+    churn: ChurnBudget,
+    /// The churn over [`SMALL_CHURN`]'s sizes.
+    small_churn: ChurnBudget,
     /// Live blocks of the metadata benchmark.
     metadata_blocks: usize,
     /// The trace runs batches `N = 1..=trace_batches`.
@@ -104,14 +116,40 @@ struct Budget {
     trace_rounds: usize,
 }
 
+/// A churn workload in smoke mode.
+const CHURN_BUDGET_SMOKE: ChurnBudget = ChurnBudget {
+    slots: 64,
+    warmup_steps: 256,
+    batch_steps: 256,
+    batches: 4,
+    warmup_rounds: 1,
+    rounds: 2,
+};
+
+/// A churn workload in `--quick` mode.
+const CHURN_BUDGET_QUICK: ChurnBudget = ChurnBudget {
+    slots: 1024,
+    warmup_steps: 4096,
+    batch_steps: 1024,
+    batches: 64,
+    warmup_rounds: 1,
+    rounds: 11,
+};
+
+/// A churn workload in the default (full) mode.
+const CHURN_BUDGET_FULL: ChurnBudget = ChurnBudget {
+    slots: 1024,
+    warmup_steps: 8192,
+    batch_steps: 1024,
+    batches: 256,
+    warmup_rounds: 1,
+    rounds: 21,
+};
+
 /// Smoke mode: every benchmark runs and verifies; the figures mean nothing.
 const BUDGET_SMOKE: Budget = Budget {
-    churn_slots: 64,
-    churn_warmup_steps: 256,
-    churn_batch_steps: 256,
-    churn_batches: 4,
-    churn_warmup_rounds: 1,
-    churn_rounds: 2,
+    churn: CHURN_BUDGET_SMOKE,
+    small_churn: CHURN_BUDGET_SMOKE,
     metadata_blocks: 20_000,
     trace_batches: 3,
     trace_rounds: 1,
@@ -119,12 +157,8 @@ const BUDGET_SMOKE: Budget = Budget {
 
 /// `--quick`: the whole suite in about 20 s of a release build.
 const BUDGET_QUICK: Budget = Budget {
-    churn_slots: 1024,
-    churn_warmup_steps: 4096,
-    churn_batch_steps: 1024,
-    churn_batches: 64,
-    churn_warmup_rounds: 1,
-    churn_rounds: 11,
+    churn: CHURN_BUDGET_QUICK,
+    small_churn: CHURN_BUDGET_QUICK,
     metadata_blocks: 1_000_000,
     trace_batches: 16,
     trace_rounds: 1,
@@ -132,12 +166,8 @@ const BUDGET_QUICK: Budget = Budget {
 
 /// The default: tighter figures, up to about two minutes.
 const BUDGET_FULL: Budget = Budget {
-    churn_slots: 1024,
-    churn_warmup_steps: 8192,
-    churn_batch_steps: 1024,
-    churn_batches: 256,
-    churn_warmup_rounds: 1,
-    churn_rounds: 21,
+    churn: CHURN_BUDGET_FULL,
+    small_churn: CHURN_BUDGET_FULL,
     metadata_blocks: 1_000_000,
     trace_batches: 32,
     trace_rounds: 3,
@@ -172,7 +202,10 @@ pub(crate) fn run(
                 .to_owned(),
         ],
     };
-    churn_benchmarks(&budget, progress, &mut report)?;
+    report.notes.push(churn_method_note());
+    for (workload, churn_budget) in [(CHURN, budget.churn), (SMALL_CHURN, budget.small_churn)] {
+        churn_benchmarks(workload, &churn_budget, progress, &mut report)?;
+    }
     metadata_benchmark(&budget, options, progress, &mut report)?;
     trace_benchmark(&budget, progress, &mut report)?;
     Ok(report)
@@ -181,6 +214,25 @@ pub(crate) fn run(
 // ---------------------------------------------------------------------------
 // 1. Churn
 // ---------------------------------------------------------------------------
+
+/// A churn workload: the prefix of its rows and the sizes it draws.
+#[derive(Clone, Copy, Debug)]
+struct ChurnWorkload {
+    name: &'static str,
+    sizes: ChurnSizes,
+}
+
+/// Sizes over the pool's whole small path, 16 B..=1 MiB.
+const CHURN: ChurnWorkload = ChurnWorkload {
+    name: "churn",
+    sizes: ChurnSizes::FULL,
+};
+
+/// Small objects, 16 B..=4 KiB.
+const SMALL_CHURN: ChurnWorkload = ChurnWorkload {
+    name: "small churn",
+    sizes: ChurnSizes::SMALL,
+};
 
 /// The allocators of the churn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,13 +334,16 @@ struct Gathered {
     allocs: u64,
 }
 
+/// One churn workload on every allocator with every thread count; fresh
+/// pools, so one workload's slabs do not serve the next.
 fn churn_benchmarks(
-    budget: &Budget,
+    workload: ChurnWorkload,
+    budget: &ChurnBudget,
     progress: &mut dyn FnMut(&str),
     report: &mut SuiteReport,
 ) -> Result<(), BenchError> {
     let setup = |detail: String| BenchError::Setup {
-        bench: "churn".to_owned(),
+        bench: workload.name.to_owned(),
         detail,
     };
     let pools = ChurnPools {
@@ -299,22 +354,30 @@ fn churn_benchmarks(
         sampled: HybridPool::new(pool_config(true, ProfileLevel::Sampled))
             .map_err(|e| setup(e.to_string()))?,
     };
-    let steps_per_run = budget.churn_warmup_steps + budget.churn_batch_steps * budget.churn_batches;
+    let steps_per_run = budget.warmup_steps + budget.batch_steps * budget.batches;
     let max_threads = *CHURN_THREAD_COUNTS.iter().max().expect("thread counts");
     // One plan per thread; thread 0 replays the same plan at every count.
     let plans: Vec<ChurnPlan> = (0..max_threads)
-        .map(|thread| ChurnPlan::generate(SEED ^ thread as u64, budget.churn_slots, steps_per_run))
+        .map(|thread| {
+            ChurnPlan::generate(
+                SEED ^ thread as u64,
+                budget.slots,
+                steps_per_run,
+                workload.sizes,
+            )
+        })
         .collect();
     let mut targets = Vec::new();
     for threads in CHURN_THREAD_COUNTS {
         let prefix = format!(
-            "churn {threads} thread{}",
+            "{} {threads} thread{}",
+            workload.name,
             if threads == 1 { "" } else { "s" }
         );
         let mut gathered: Vec<Gathered> = VARIANTS.iter().map(|_| Gathered::default()).collect();
-        let rounds = budget.churn_warmup_rounds + budget.churn_rounds;
+        let rounds = budget.warmup_rounds + budget.rounds;
         for round in 0..rounds {
-            let timed = round >= budget.churn_warmup_rounds;
+            let timed = round >= budget.warmup_rounds;
             progress(&format!(
                 "{SUITE}: {prefix}, round {} of {rounds}{}",
                 round + 1,
@@ -403,37 +466,52 @@ fn churn_benchmarks(
         ));
     }
     report.notes.push(format!(
-        "churn rows: alloc+free churn; each thread keeps {} live blocks; each step checks and frees one \
-         (slot drawn uniformly) and allocates a new block into its slot; sizes are log-uniform \
-         over {CHURN_SIZE_BYTES_MIN} B..={} MiB (every power of two equally likely; mean {:.0} B), \
-         aligned to {CHURN_ALIGN_BYTES}; slots and sizes are generated before timing, the same \
-         sequence for every allocator. Each block's first and last byte carry a tag checked \
-         before it is freed. A run: fill, {} untimed warm-up steps, then {} timed batches of {} \
-         steps per thread, then every block checked and freed; each thread churns its own \
-         working set. The {} allocators run interleaved ({} untimed warm-up round(s), then {} \
-         timed rounds, order rotated per round), \
-         all through the same raw alloc/dealloc trait (the pool through its allocator-api2 \
-         Allocator impl on &HybridPool; mimalloc, system and TrackingAllocator<MiMalloc> as \
-         GlobalAlloc values; mimalloc is the mimalloc crate, whose libmimalloc-sys builds C \
-         mimalloc v3 unless its v2 feature is on, and which asks for transparent huge pages \
-         while the pool's slabs use 4 KiB pages). median = median ns per alloc+free pair over all batches of all \
+        "{} rows: sizes log-uniform over {} (mean {:.0} B); each thread keeps {} live blocks; a \
+         run: fill, {} untimed warm-up steps, then {} timed batches of {} steps per thread; {} \
+         untimed warm-up round(s), then {} timed rounds",
+        workload.name,
+        workload.sizes,
+        plans[0].mean_step_size_bytes(),
+        budget.slots,
+        budget.warmup_steps,
+        budget.batches,
+        budget.batch_steps,
+        budget.warmup_rounds,
+        budget.rounds,
+    ));
+    for line in targets {
+        report
+            .notes
+            .push(format!("{} targets, {line}", workload.name));
+    }
+    Ok(())
+}
+
+/// How every churn workload runs; each adds a note with its sizes and
+/// budget.
+fn churn_method_note() -> String {
+    format!(
+        "churn method ({} and {} rows): alloc+free churn; each thread keeps a working set of \
+         live blocks; each step checks and frees one (slot drawn uniformly) and allocates a new \
+         block into its slot; sizes are log-uniform over the workload's range (every power of \
+         two equally likely), aligned to {CHURN_ALIGN_BYTES}; slots and sizes are generated \
+         before timing, the same sequence for every allocator. Each block's first and last byte \
+         carry a tag checked before it is freed. A run: fill, untimed warm-up steps, then timed \
+         batches per thread, then every block checked and freed; each thread churns its own \
+         working set. The {} allocators run interleaved (untimed warm-up round(s), then timed \
+         rounds, order rotated per round), all through the same raw alloc/dealloc trait (the \
+         pool through its allocator-api2 Allocator impl on &HybridPool; mimalloc, system and \
+         TrackingAllocator<MiMalloc> as GlobalAlloc values; mimalloc is the mimalloc crate, \
+         whose libmimalloc-sys builds C mimalloc v3 unless its v2 feature is on, and which asks \
+         for transparent huge pages while the pool's slabs use 4 KiB pages). Each workload has \
+         its own three pools. median = median ns per alloc+free pair over all batches of all \
          rounds and threads (per thread); throughput = median over rounds of the sum over \
          threads of pairs / timed seconds. After each pool run: allocated 0, alloc and free \
          counts equal to the run's, no refused frees, no live samples, invariants checked",
-        budget.churn_slots,
-        CHURN_SIZE_BYTES_MAX >> 20,
-        plans[0].mean_step_size_bytes(),
-        budget.churn_warmup_steps,
-        budget.churn_batches,
-        budget.churn_batch_steps,
+        CHURN.name,
+        SMALL_CHURN.name,
         VARIANTS.len(),
-        budget.churn_warmup_rounds,
-        budget.churn_rounds,
-    ));
-    for line in targets {
-        report.notes.push(format!("churn targets, {line}"));
-    }
-    Ok(())
+    )
 }
 
 /// `ratio` against an upper bound: `1.234 (met)` / `(missed)`.
@@ -465,7 +543,7 @@ fn run_variant(
     variant: Variant,
     pools: &ChurnPools,
     plans: &[ChurnPlan],
-    budget: &Budget,
+    budget: &ChurnBudget,
 ) -> Result<(RunOutcome, u64), BenchError> {
     let verification = |detail: String| BenchError::Verification {
         bench: name.to_owned(),
@@ -579,7 +657,7 @@ fn verify_pool_run(
 fn churn_run<A: RawAlloc>(
     allocator: &A,
     plans: &[ChurnPlan],
-    budget: &Budget,
+    budget: &ChurnBudget,
 ) -> Result<RunOutcome, String> {
     let barrier = Barrier::new(plans.len());
     let results: Vec<Result<ThreadOutcome, String>> = thread::scope(|scope| {
@@ -620,10 +698,10 @@ fn churn_run<A: RawAlloc>(
 fn churn_thread<A: RawAlloc>(
     allocator: &A,
     plan: &ChurnPlan,
-    budget: &Budget,
+    budget: &ChurnBudget,
     barrier: &Barrier,
 ) -> Result<ThreadOutcome, String> {
-    let (warmup, timed) = plan.steps().split_at(budget.churn_warmup_steps);
+    let (warmup, timed) = plan.steps().split_at(budget.warmup_steps);
     let ready = ChurnWorker::fill(allocator, plan).and_then(|mut worker| {
         worker.run(warmup)?;
         Ok(worker)
@@ -632,13 +710,13 @@ fn churn_thread<A: RawAlloc>(
     barrier.wait();
     let mut worker = ready.map_err(|e| e.to_string())?;
     let mut outcome = ThreadOutcome {
-        ns_per_pair: Vec::with_capacity(budget.churn_batches),
+        ns_per_pair: Vec::with_capacity(budget.batches),
         timed_steps: 0,
         timed_secs: 0.0,
         allocs: 0,
         frees: 0,
     };
-    for batch in timed.chunks_exact(budget.churn_batch_steps) {
+    for batch in timed.chunks_exact(budget.batch_steps) {
         let start = Instant::now();
         worker.run(batch).map_err(|e| e.to_string())?;
         let elapsed = start.elapsed();
@@ -1066,33 +1144,60 @@ mod tests {
                 );
             }
         }
-        let with = |needle: &str, baseline: &str| {
+        // A row `name` of `metric` compared against the row `baseline`.
+        let compared = |name: &str, metric: &str, baseline: &str| {
             report.results.iter().any(|r| {
-                r.name.ends_with(needle)
-                    && r.baseline.as_deref().is_some_and(|b| b.ends_with(baseline))
+                r.name == name && r.metric == metric && r.baseline.as_deref() == Some(baseline)
             })
         };
-        for threads in ["1 thread", "2 threads"] {
-            let row = |v: &str| format!("{threads}: {v}");
+        for workload in [CHURN.name, SMALL_CHURN.name] {
+            for threads in ["1 thread", "2 threads"] {
+                let row = |v: &str| format!("{workload} {threads}: {v}");
+                for (name, baseline) in [
+                    ("pool", "mimalloc"),
+                    ("pool", "system"),
+                    ("pool", "pool, accounting off"),
+                    ("pool, sampled 512 KiB", "pool"),
+                    ("TrackingAllocator<mimalloc>", "mimalloc"),
+                ] {
+                    assert!(
+                        compared(&row(name), METRIC_MEDIAN, &row(baseline)),
+                        "no median row {:?} against {:?}",
+                        row(name),
+                        row(baseline)
+                    );
+                }
+                for name in VARIANTS.iter().filter(|&&v| v != Variant::Mimalloc) {
+                    assert!(
+                        compared(&row(name.label()), METRIC_THROUGHPUT, &row("mimalloc")),
+                        "no throughput row {:?} against mimalloc",
+                        row(name.label())
+                    );
+                }
+                let sampled_note = format!("{workload} {threads}: the sampled pool sampled ");
+                assert!(
+                    report.notes.iter().any(|n| n.starts_with(&sampled_note)),
+                    "no note {sampled_note:?}: {:#?}",
+                    report.notes
+                );
+            }
             assert!(
-                with(&row("pool"), &row("mimalloc")),
-                "{threads}: {report:#?}"
-            );
-            assert!(with(&row("pool"), &row("system")), "{threads}");
-            assert!(
-                with(&row("pool"), &row("pool, accounting off")),
-                "{threads}"
-            );
-            assert!(
-                with(&row("pool, sampled 512 KiB"), &row("pool")),
-                "{threads}"
-            );
-            assert!(
-                with(&row("TrackingAllocator<mimalloc>"), &row("mimalloc")),
-                "{threads}"
+                report
+                    .notes
+                    .iter()
+                    .any(|n| n.starts_with(&format!("{workload} rows: sizes log-uniform"))),
+                "{workload}: {:#?}",
+                report.notes
             );
         }
-        assert!(with("pool wall time", "mimalloc wall time"));
+        assert!(
+            report.results.iter().any(|r| r.name.starts_with("trace")
+                && r.name.ends_with("pool wall time")
+                && r.baseline
+                    .as_deref()
+                    .is_some_and(|b| b.ends_with("mimalloc wall time"))),
+            "{report:#?}"
+        );
         let trace = report
             .results
             .iter()
@@ -1134,8 +1239,9 @@ mod tests {
 
     #[test]
     fn churn_layout_matches_the_workload() {
-        let layout = churn_layout(CHURN_SIZE_BYTES_MAX);
+        let layout = churn_layout(CHURN.sizes.max_bytes());
         assert_eq!(layout.size(), 1 << 20);
+        assert_eq!(SMALL_CHURN.sizes.max_bytes(), 4096);
         assert_eq!(layout.align(), CHURN_ALIGN_BYTES);
     }
 }

@@ -103,10 +103,12 @@ fn bench_pool_smoke_json_parses() {
             .any(|n| n.starts_with("metadata") && n.ends_with("heap per block")),
         "{names:?}"
     );
-    assert!(
-        names.contains(&"churn 2 threads: TrackingAllocator<mimalloc>"),
-        "{names:?}"
-    );
+    for workload in ["churn", "small churn"] {
+        for threads in ["1 thread", "2 threads"] {
+            let name = format!("{workload} {threads}: TrackingAllocator<mimalloc>");
+            assert!(names.contains(&name.as_str()), "no {name:?} in {names:?}");
+        }
+    }
     assert!(report["notes"].as_array().is_some_and(|n| !n.is_empty()));
 }
 
