@@ -34,6 +34,9 @@ use crate::accounting::{
 use crate::arena::{arena_bytes_for, ArenaConfig, ArenaId, ArenaMap};
 use crate::budget::Reservation;
 use crate::os::{VirtualRange, PAGE_BYTES};
+use crate::sample_pages::{
+    SamplePages, SAMPLE_PAGE_BLOCK_BYTES_MAX, SAMPLE_PAGE_BYTES, SAMPLE_REGION_BYTES_DEFAULT,
+};
 use crate::sampling::{HistoryEvent, HistoryEventKind, ProfileConfig, Profiler, SampleHandle};
 use crate::size_class::{
     class_for, class_for_size, class_size_bytes, slots_per_slab, ALIGN_BYTES_MAX, CLASS_BYTES_MIN,
@@ -73,6 +76,8 @@ pub struct PoolConfig {
     pub arena_virtual_bytes: u64,
     /// Placement settings of large blocks.
     pub arena: ArenaConfig,
+    /// Address space reserved for sampled small blocks (one per page).
+    pub sample_region_bytes: u64,
 }
 
 impl Default for PoolConfig {
@@ -84,6 +89,7 @@ impl Default for PoolConfig {
             slab_region_bytes: SLAB_REGION_BYTES_DEFAULT,
             arena_virtual_bytes: ARENA_VIRTUAL_BYTES_DEFAULT,
             arena: ArenaConfig::default(),
+            sample_region_bytes: SAMPLE_REGION_BYTES_DEFAULT,
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct ReleaseReport {
 pub(crate) enum BlockKind {
     Small(u8),
     Large,
+    /// A sampled small block in its own sample page.
+    SamplePage,
 }
 
 // ------------------------------------------------------------------- slabs
@@ -180,6 +188,8 @@ pub(crate) struct Shared {
     large: Mutex<Large>,
     arena_virtual_bytes: u64,
     pub(crate) central: Mutex<Central>,
+    /// Sampled small blocks, one per page.
+    sample_pages: SamplePages,
     /// Folded net of allocated bytes and its peak.
     pub(crate) peak: PeakTracker,
     /// Folded net of requested bytes and its peak.
@@ -225,6 +235,7 @@ impl Shared {
                     tag => Some((BlockKind::Small(tag - 1), offset)),
                 }
             }
+            None if self.sample_pages.contains(addr) => Some((BlockKind::SamplePage, 0)),
             None => Some((BlockKind::Large, 0)),
         }
     }
@@ -411,15 +422,23 @@ impl Shared {
         &self,
         size_bytes: u64,
         site: &'static Location<'static>,
-    ) -> Result<(usize, u64), PoolError> {
+    ) -> Result<(usize, BlockKind, u64), PoolError> {
         let Ok(handle) = self.profiler.record_alloc_handle(size_bytes, Some(site)) else {
-            return self.alloc_large(size_bytes, TAG_UNSAMPLED);
+            let (addr, block_bytes) = self.alloc_large(size_bytes, TAG_UNSAMPLED)?;
+            return Ok((addr, BlockKind::Large, block_bytes));
         };
-        self.alloc_large(size_bytes, handle.to_tag())
-            .inspect_err(|_| {
-                let undone = self.profiler.record_free_handle(handle);
-                debug_assert!(undone.is_ok(), "{undone:?}");
-            })
+        let placed = if size_bytes <= SAMPLE_PAGE_BLOCK_BYTES_MAX {
+            self.sample_pages
+                .take(handle, &self.reserved)
+                .map(|addr| (addr, BlockKind::SamplePage, SAMPLE_PAGE_BYTES))
+        } else {
+            self.alloc_large(size_bytes, handle.to_tag())
+                .map(|(addr, block_bytes)| (addr, BlockKind::Large, block_bytes))
+        };
+        placed.inspect_err(|_| {
+            let undone = self.profiler.record_free_handle(handle);
+            debug_assert!(undone.is_ok(), "{undone:?}");
+        })
     }
 
     /// Place a large (or sampled) block; returns its address and length.
@@ -602,6 +621,12 @@ impl HybridPool {
                 ),
             });
         }
+        let sample_pages = SamplePages::new(config.sample_region_bytes).map_err(|source| {
+            PoolError::OutOfMemory {
+                requested_bytes: config.sample_region_bytes,
+                source,
+            }
+        })?;
         let profiler = Profiler::new(config.profile).map_err(|error| PoolError::BadConfig {
             what: format!("profile: {error}"),
         })?;
@@ -636,6 +661,7 @@ impl HybridPool {
             }),
             arena_virtual_bytes,
             central: Mutex::new(Central::new()),
+            sample_pages,
             peak: PeakTracker::default(),
             requested_peak: PeakTracker::default(),
             threads: Mutex::new(Vec::new()),
@@ -855,9 +881,17 @@ impl HybridPool {
                 }
                 Ok(())
             }
-            BlockKind::Large => {
-                let (block_bytes, tag) = self.shared.free_large(addr)?;
-                if let Some(handle) = SampleHandle::from_tag(tag) {
+            BlockKind::Large | BlockKind::SamplePage => {
+                let (block_bytes, handle) = if kind == BlockKind::SamplePage {
+                    (
+                        SAMPLE_PAGE_BYTES,
+                        Some(self.shared.sample_pages.give(addr)?),
+                    )
+                } else {
+                    let (block_bytes, tag) = self.shared.free_large(addr)?;
+                    (block_bytes, SampleHandle::from_tag(tag))
+                };
+                if let Some(handle) = handle {
                     let forgotten = self.shared.profiler.record_free_handle(handle);
                     debug_assert!(
                         forgotten.is_ok(),
@@ -1074,6 +1108,7 @@ impl HybridPool {
                         .count_direct(LARGE_INDEX, false, block_bytes, size_bytes);
                 }
             }
+            BlockKind::SamplePage => unreachable!("the raw API never hands out sample pages"),
         }
         Ok(())
     }
@@ -1082,6 +1117,7 @@ impl HybridPool {
     pub fn owns(&self, ptr: *const u8) -> bool {
         let addr = ptr as usize;
         self.shared.slab_region.offset_of(addr).is_some()
+            || self.shared.sample_pages.contains(addr)
             || lock(&self.shared.large).find(addr).is_some()
     }
 
@@ -1145,6 +1181,7 @@ impl HybridPool {
                 region.released.push(slab);
             }
         }
+        report.resident_bytes_returned += shared.sample_pages.purge_free();
         let mut large = lock(&shared.large);
         for id in large.map.empty_arenas() {
             let len = large
@@ -1243,14 +1280,17 @@ impl HybridPool {
         allocated.peak_bytes = allocated_peak.max(allocated.current_bytes);
         let mut requested = sum(&|c| c.requested);
         requested.peak_bytes = requested_peak.max(requested.current_bytes);
-        let free_bytes = slab_free_bytes + empty_slab_bytes + arena_stats.free_bytes;
+        let (sample_committed_bytes, sample_free_bytes) = shared.sample_pages.figures();
+        let sample_live_bytes = sample_committed_bytes - sample_free_bytes;
+        let free_bytes =
+            slab_free_bytes + empty_slab_bytes + arena_stats.free_bytes + sample_free_bytes;
         PoolStats {
             device: shared.device,
             accounting: shared.accounting,
             allocated,
             requested,
             reserved: shared.reserved.stat(),
-            active_bytes: slots_out_bytes + large_allocated,
+            active_bytes: slots_out_bytes + large_allocated + sample_live_bytes,
             cached_bytes,
             inactive_split_bytes: inactive_split_bytes + arena_stats.inactive_split_bytes,
             free_bytes,
@@ -1364,11 +1404,12 @@ impl HybridPool {
             }
         }
         drop(large);
+        let sample_bytes = shared.sample_pages.check_invariants();
         let reserved = shared.reserved.current.load(Relaxed);
         assert_eq!(
             reserved,
-            slab_bytes + arena_bytes,
-            "reserved {reserved} != slabs {slab_bytes} + arenas {arena_bytes}"
+            slab_bytes + arena_bytes + sample_bytes,
+            "reserved {reserved} != slabs {slab_bytes} + arenas {arena_bytes} + sample pages {sample_bytes}"
         );
         if shared.accounting {
             let stats = self.stats();

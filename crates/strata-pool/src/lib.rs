@@ -31,6 +31,7 @@ mod error;
 mod hybrid;
 pub mod os;
 pub mod pressure;
+mod sample_pages;
 pub mod sampling;
 pub mod size_class;
 mod stats;
@@ -45,6 +46,9 @@ pub use error::PoolError;
 pub use hybrid::{
     DevicePools, HybridPool, PoolBox, PoolConfig, ReleaseReport, ARENA_GROW_BYTES,
     ARENA_VIRTUAL_BYTES_DEFAULT, SLAB_REGION_BYTES_DEFAULT,
+};
+pub use sample_pages::{
+    SAMPLE_PAGE_BLOCK_BYTES_MAX, SAMPLE_PAGE_BYTES, SAMPLE_REGION_BYTES_DEFAULT,
 };
 pub use stats::{ClassStats, PoolStats, StatBytes};
 pub use thread_cache::{MAGAZINE_BYTES_MAX, MAGAZINE_SLOTS_MAX, MAGAZINE_SLOTS_MIN};

@@ -295,11 +295,11 @@ impl ThreadCache {
         size_bytes: u64,
         site: &'static Location<'static>,
     ) -> Result<Placed, PoolError> {
-        let (addr, block_bytes) = self.shared.alloc_sampled(size_bytes, site)?;
+        let (addr, kind, block_bytes) = self.shared.alloc_sampled(size_bytes, site)?;
         if self.accounting {
             self.count(LARGE_INDEX, true, block_bytes, size_bytes);
         }
-        Ok((addr, BlockKind::Large, block_bytes))
+        Ok((addr, kind, block_bytes))
     }
 
     /// Allocate a block too large (or too aligned) for a size class.

@@ -607,3 +607,69 @@ fn pool_sampling_estimates_each_call_site_within_its_error() {
         assert_eq!(pool.profiler().live_samples(), 0, "seed {seed}");
     }
 }
+
+#[test]
+fn sampled_small_blocks_live_in_sample_pages_and_refuse_double_frees() {
+    use allocator_api2::alloc::Allocator;
+    use strata_pool::{SAMPLE_PAGE_BLOCK_BYTES_MAX, SAMPLE_PAGE_BYTES};
+    let pool = HybridPool::new(PoolConfig {
+        // A mean of 0 samples every allocation.
+        profile: ProfileConfig {
+            level: ProfileLevel::Sampled,
+            mean_bytes: 0,
+            history_events_max: 0,
+            seed: 3,
+        },
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed());
+    let mut blocks = Vec::new();
+    for i in 0..600u64 {
+        let size = rng.gen_range(1..=SAMPLE_PAGE_BLOCK_BYTES_MAX + 200);
+        let align = 1u64 << rng.gen_range(0..=12);
+        let mut block = pool.alloc_aligned(size, align).unwrap();
+        assert_eq!(block.as_ptr() as u64 % align, 0);
+        if size <= SAMPLE_PAGE_BLOCK_BYTES_MAX {
+            assert_eq!(
+                block.block_bytes(),
+                SAMPLE_PAGE_BYTES,
+                "one page per sampled small block"
+            );
+        }
+        stamp(&mut block, i);
+        blocks.push((block, i));
+    }
+    assert_eq!(pool.profiler().live_samples(), 600);
+    for (block, tag) in &blocks {
+        check_stamp(block, *tag, 0);
+    }
+    pool.check_invariants();
+    // Free half through the allocator interface (by address), half by drop.
+    let mut freed_by_address = Vec::new();
+    for (index, (block, _)) in blocks.into_iter().enumerate() {
+        if index % 2 == 0 {
+            let (addr, len) = (block.as_ptr() as usize, block.len());
+            std::mem::forget(block);
+            let layout = std::alloc::Layout::from_size_align(len, 1).unwrap();
+            // SAFETY: handed out by this pool, not used again.
+            unsafe { (&pool).deallocate(NonNull::new(addr as *mut u8).unwrap(), layout) };
+            freed_by_address.push((addr, layout));
+        }
+    }
+    assert_eq!(pool.profiler().live_samples(), 0);
+    assert_eq!(pool.stats().allocated.current_bytes, 0);
+    assert_eq!(pool.stats().refused_frees, 0);
+    // A double free through the allocator interface is refused and counted,
+    // and the profiler is untouched.
+    let (addr, layout) = freed_by_address[0];
+    let small = layout.size() as u64 <= SAMPLE_PAGE_BLOCK_BYTES_MAX;
+    // SAFETY: deliberately a double free; the pool must refuse it.
+    unsafe { (&pool).deallocate(NonNull::new(addr as *mut u8).unwrap(), layout) };
+    assert_eq!(pool.stats().refused_frees, 1, "small: {small}");
+    assert_eq!(pool.profiler().live_samples(), 0);
+    pool.check_invariants();
+    let report = pool.release_unused();
+    assert!(report.resident_bytes_returned > 0, "{report:?}");
+    pool.check_invariants();
+}

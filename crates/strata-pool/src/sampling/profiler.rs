@@ -12,7 +12,7 @@ use super::history::HistoryRing;
 use super::report::{method_note, Accumulator};
 use super::sampler::{mix64, sample_weight};
 use super::slab::{Keying, SampleHandle, SampleSlab};
-use super::stack::{capture_cost_ns, site_hash, site_label, CapturedStack};
+use super::stack::{capture_cost_ns, site_hash, site_label, CapturedStack, FastBuildHasher};
 use super::{
     ByteSampler, HistoryEvent, LeakEstimates, LeakReport, LeakSite, ProfileEstimates,
     ProfileReport, SampleWeight, SamplingError, SiteProfile, HISTORY_EVENTS_LIMIT,
@@ -201,9 +201,9 @@ impl Site {
 struct Tables {
     live: SampleSlab,
     /// Handles of the samples recorded by address.
-    address_map: HashMap<usize, SampleHandle>,
+    address_map: HashMap<usize, SampleHandle, FastBuildHasher>,
     sites: Vec<Site>,
-    site_index: HashMap<u64, u32>,
+    site_index: HashMap<u64, u32, FastBuildHasher>,
     stack_frames: Vec<usize>,
     history: HistoryRing,
 }
@@ -298,10 +298,10 @@ impl Profiler {
         }
         let tables = Tables {
             live: SampleSlab::new(SAMPLE_HANDLES_MAX),
-            address_map: HashMap::new(),
+            address_map: HashMap::default(),
             // Unknown and overflow.
             sites: vec![Site::reserved(), Site::reserved()],
-            site_index: HashMap::new(),
+            site_index: HashMap::default(),
             stack_frames: Vec::new(),
             history: HistoryRing::new(config.history_events_max),
         };
@@ -832,7 +832,7 @@ impl Profiler {
 /// and `buckets / 8 * 7` from 8 on; its allocation holds the entries
 /// (rounded up to the control bytes' alignment), one control byte per
 /// bucket and one more group of control bytes.
-fn hash_map_heap_bytes<K, V>(map: &HashMap<K, V>) -> usize {
+fn hash_map_heap_bytes<K, V, S>(map: &HashMap<K, V, S>) -> usize {
     /// Control bytes per group: SSE2 groups on x86, a machine word elsewhere.
     const GROUP_WIDTH: usize = if cfg!(any(target_arch = "x86", target_arch = "x86_64"))
         && cfg!(target_feature = "sse2")

@@ -2,7 +2,7 @@
 //! resolution.
 
 use std::fmt::Write as _;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::panic::Location;
 use std::time::Instant;
 
@@ -41,10 +41,75 @@ impl CapturedStack {
     }
 }
 
-/// Hash of a site key: its location (by value) and its frames. SipHash with
-/// fixed keys, so site interning is reproducible across runs.
+/// A fast, deterministic hasher for the profiler's own tables (keys are
+/// addresses, site hashes and source locations, never attacker-chosen):
+/// a multiply-rotate over 8-byte words, about ten times cheaper than SipHash
+/// on a file path, which mattered because every sample hashes its site.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct FastHasher(u64);
+
+const FAST_HASH_MULTIPLIER: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FAST_HASH_MULTIPLIER);
+    }
+}
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ (rest.len() as u64) << 59);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, value: u64) {
+        self.add(value);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, value: u32) {
+        self.add(u64::from(value));
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Builds [`FastHasher`]s for the profiler's hash maps.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct FastBuildHasher;
+
+impl BuildHasher for FastBuildHasher {
+    type Hasher = FastHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher::default()
+    }
+}
+
+/// Hash of a site key: its location (by value) and its frames, with the
+/// deterministic [`FastHasher`], so site interning is reproducible across runs.
 pub(super) fn site_hash(location: Option<&'static Location<'static>>, frames: &[usize]) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = FastHasher::default();
     location.hash(&mut hasher);
     frames.hash(&mut hasher);
     hasher.finish()
