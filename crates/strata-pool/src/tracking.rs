@@ -132,8 +132,7 @@ struct Binding {
     slot: usize,
     net_bytes: i64,
     high_bytes: i64,
-    ops: u32,
-    sampler: Option<ByteSampler>,
+    sampler: ByteSampler,
 }
 
 struct Bindings {
@@ -286,7 +285,6 @@ impl<A> TrackingAllocator<A> {
         self.core.peak_bytes.fetch_max(candidate, Relaxed);
         binding.net_bytes = 0;
         binding.high_bytes = 0;
-        binding.ops = 0;
     }
 
     /// Count directly (no slot): exact, with an atomic add per field.
@@ -349,42 +347,53 @@ impl<A> TrackingAllocator<A> {
             .try_with(|bindings| {
                 let mut bindings = bindings.try_borrow_mut().ok()?;
                 let busy = bindings.busy;
-                let position = bindings
-                    .bound
-                    .iter()
-                    .position(|b| b.as_ref().is_some_and(|b| b.core == core));
-                let binding = match position {
-                    Some(position) => bindings.bound[position].as_mut()?,
-                    None => self.bind(&mut bindings)?,
+                // The usual case: this tracker is the thread's first binding.
+                let binding = match &mut bindings.bound[0] {
+                    Some(binding) if binding.core == core => binding,
+                    _ => self.find_binding(&mut bindings)?,
                 };
                 let slot = &SLOTS[binding.slot];
                 let mut sampled = false;
                 if alloc {
-                    bump(&slot.counts[ALLOC_COUNT], 1);
+                    let allocs = slot.counts[ALLOC_COUNT].load(Relaxed) + 1;
+                    slot.counts[ALLOC_COUNT].store(allocs, Relaxed);
                     bump(&slot.counts[ALLOC_BYTES], bytes);
-                    binding.net_bytes += bytes as i64;
-                    if binding.net_bytes > binding.high_bytes {
-                        binding.high_bytes = binding.net_bytes;
-                        slot.pending_high_bytes.store(binding.high_bytes, Relaxed);
-                    }
-                    if let Some(sampler) = binding.sampler.as_mut() {
-                        sampled = sampler.sample(bytes) && !busy;
+                    let net = binding.net_bytes + bytes as i64;
+                    binding.net_bytes = net;
+                    // Branch-free, as in the pool: a conditional move and a store.
+                    binding.high_bytes = binding.high_bytes.max(net);
+                    slot.pending_high_bytes.store(binding.high_bytes, Relaxed);
+                    sampled = binding.sampler.sample(bytes) && !busy;
+                    if allocs >= COUNTER_MERGE_OPS || net >= COUNTER_MERGE_BYTES as i64 {
+                        self.merge(binding);
                     }
                 } else {
                     bump(&slot.counts[FREE_COUNT], 1);
                     bump(&slot.counts[FREE_BYTES], bytes);
                     binding.net_bytes -= bytes as i64;
-                }
-                binding.ops += 1;
-                if u64::from(binding.ops) >= COUNTER_MERGE_OPS
-                    || binding.net_bytes.unsigned_abs() >= COUNTER_MERGE_BYTES
-                {
-                    self.merge(binding);
+                    if binding.net_bytes <= -(COUNTER_MERGE_BYTES as i64) {
+                        self.merge(binding);
+                    }
                 }
                 Some(sampled)
             })
             .ok()
             .flatten()
+    }
+
+    /// This tracker's binding on this thread, made if there is none.
+    #[cold]
+    #[inline(never)]
+    fn find_binding<'b>(&self, bindings: &'b mut Bindings) -> Option<&'b mut Binding> {
+        let core = self.core_addr();
+        match bindings
+            .bound
+            .iter()
+            .position(|b| b.as_ref().is_some_and(|b| b.core == core))
+        {
+            Some(position) => bindings.bound[position].as_mut(),
+            None => self.bind(bindings),
+        }
     }
 
     #[cold]
@@ -393,19 +402,16 @@ impl<A> TrackingAllocator<A> {
         // Registers the thread-exit hook (no allocation on glibc targets).
         EXIT_GUARD.try_with(|_| ()).ok()?;
         let slot = self.claim_slot()?;
-        let sampler = (self.core.sample_mean_bytes != crate::sampling::SAMPLE_MEAN_BYTES_DISABLED)
-            .then(|| {
-                ByteSampler::new(
-                    self.core.sample_mean_bytes,
-                    (slot as u64) << 32 | free as u64,
-                )
-            });
+        // A disabled sampler never samples, so no separate flag is checked.
+        let sampler = ByteSampler::new(
+            self.core.sample_mean_bytes,
+            (slot as u64) << 32 | free as u64,
+        );
         bindings.bound[free] = Some(Binding {
             core: self.core_addr(),
             slot,
             net_bytes: 0,
             high_bytes: 0,
-            ops: 0,
             sampler,
         });
         bindings.bound[free].as_mut()
