@@ -88,6 +88,31 @@ pub fn class_for_size(size_bytes: u64) -> usize {
         (1..=SMALL_BYTES_MAX).contains(&size_bytes),
         "size {size_bytes}"
     );
+    if size_bytes <= LOOKUP_BYTES_MAX {
+        // One load for the common small sizes.
+        return CLASS_LOOKUP[((size_bytes - 1) / CLASS_BYTES_MIN) as usize] as usize;
+    }
+    class_for_size_computed(size_bytes)
+}
+
+/// Sizes up to this many bytes find their class in [`CLASS_LOOKUP`].
+const LOOKUP_BYTES_MAX: u64 = 4096;
+
+/// The class of every size up to [`LOOKUP_BYTES_MAX`], by `(size - 1) / 16`
+/// (classes step by at least 16 bytes, so sizes in one 16-byte step share
+/// a class).
+const CLASS_LOOKUP: [u8; (LOOKUP_BYTES_MAX / CLASS_BYTES_MIN) as usize] = {
+    let mut table = [0u8; (LOOKUP_BYTES_MAX / CLASS_BYTES_MIN) as usize];
+    let mut i = 0;
+    while i < table.len() {
+        table[i] = class_for_size_computed((i as u64 + 1) * CLASS_BYTES_MIN) as u8;
+        i += 1;
+    }
+    table
+};
+
+/// [`class_for_size`] by arithmetic, for any size in 1..=SMALL_BYTES_MAX.
+const fn class_for_size_computed(size_bytes: u64) -> usize {
     if size_bytes <= LINEAR_BYTES_MAX {
         return size_bytes.div_ceil(CLASS_BYTES_MIN) as usize - 1;
     }
