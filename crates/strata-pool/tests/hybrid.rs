@@ -673,3 +673,65 @@ fn sampled_small_blocks_live_in_sample_pages_and_refuse_double_frees() {
     assert!(report.resident_bytes_returned > 0, "{report:?}");
     pool.check_invariants();
 }
+
+#[test]
+fn charged_allocations_from_many_threads_never_exceed_the_budget() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const LIMIT_BYTES: u64 = 8 * MIB;
+    let budget: Arc<dyn MemoryPool> = Arc::new(GreedyPool::new(LIMIT_BYTES));
+    let pool = Arc::new(unsampled_pool());
+    let stop = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (budget, stop) = (Arc::clone(&budget), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut checks = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let reserved = budget.reserved();
+                assert!(reserved <= LIMIT_BYTES, "budget over its limit: {reserved}");
+                checks += 1;
+            }
+            checks
+        })
+    };
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (budget, pool) = (Arc::clone(&budget), Arc::clone(&pool));
+            std::thread::spawn(move || {
+                let reservation = MemoryConsumer::new(format!("worker-{t}")).register(&budget);
+                let mut rng = SmallRng::seed_from_u64(seed() ^ t);
+                let (mut refused, mut held) = (0u64, Vec::new());
+                for _ in 0..4000 {
+                    if held.len() < 64 && rng.gen_bool(0.6) {
+                        let size = if rng.gen_bool(0.1) {
+                            rng.gen_range(SMALL_BYTES_MAX + 1..=2 * MIB)
+                        } else {
+                            rng.gen_range(1..=64 << 10)
+                        };
+                        match pool.alloc_charged(size, 16, &reservation) {
+                            Ok(block) => held.push(block),
+                            Err(PoolError::Budget(_)) => refused += 1,
+                            Err(other) => panic!("unexpected error {other}"),
+                        }
+                    } else if !held.is_empty() {
+                        held.swap_remove(rng.gen_range(0..held.len()));
+                    }
+                    let charged: u64 = held.iter().map(|b| b.block_bytes()).sum();
+                    assert_eq!(reservation.size(), charged, "the charge follows the blocks");
+                }
+                drop(held);
+                assert_eq!(reservation.size(), 0);
+                refused
+            })
+        })
+        .collect();
+    let refused: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    stop.store(true, Ordering::Relaxed);
+    assert!(observer.join().unwrap() > 0);
+    assert!(
+        refused > 0,
+        "the budget was tight enough to refuse some requests"
+    );
+    assert_eq!(budget.reserved(), 0);
+    assert_eq!(pool.stats().allocated.current_bytes, 0);
+    pool.check_invariants();
+}
