@@ -1,0 +1,15 @@
+//! `strata-disk`: the disk tier of Strata (layer 4).
+//!
+//! - [`device`]: the [`BlockDevice`](device::BlockDevice) trait with
+//!   implementations over a regular file (positional I/O, optional
+//!   `O_DIRECT`), over memory, and a fault-injecting wrapper for tests.
+//! - [`record`]: spill records: a self-describing header (magic, version,
+//!   codec, checksum, lengths, dtype and shape) and a payload that is
+//!   verified on every read.
+//!
+//! The extent store (superblocks, persisted bitmap, remap table, spare
+//! pool) builds on these; see `docs/disk-format.md`.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod device;
+pub mod record;
