@@ -7,7 +7,8 @@
 //! allocation cache and reserved ranges; and the memory layer, [`pool`]
 //! (`strata-pool`): budgets, the hybrid pool per device with always-on
 //! accounting, pressure levels, sampled profiling and a tracking global
-//! allocator.
+//! allocator; and the first parts of the disk tier, [`disk`]
+//! (`strata-disk`): block devices and verified spill records.
 //!
 //! # Example
 //!
@@ -38,6 +39,7 @@
 
 pub use strata_bitmap as bitmap;
 pub use strata_bitmap::{BitmapError, BitmapStats, Block, BlockBitmap, Extent, SharedBitmap};
+pub use strata_disk as disk;
 pub use strata_pool as pool;
 pub use strata_pool::{
     Device, DevicePools, HybridPool, PoolBox, PoolConfig, PoolError, PoolStats, TrackingAllocator,
