@@ -6,10 +6,13 @@
 //! - [`record`]: spill records: a self-describing header (magic, version,
 //!   codec, checksum, lengths, dtype and shape) and a payload that is
 //!   verified on every read.
-//!
-//! The extent store (superblocks, persisted bitmap, remap table, spare
-//! pool) builds on these; see `docs/disk-format.md`.
+//! - [`store`]: the extent store: records in extents allocated next-fit,
+//!   a temp-space cap, superblocks in two copies and a persisted allocation
+//!   bitmap, crash-safe commits. Bad-block remapping (remap table, spare
+//!   pool) has its blocks reserved and is still to come; see
+//!   `docs/disk-format.md`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod device;
 pub mod record;
+pub mod store;

@@ -1,0 +1,1231 @@
+//! The extent store: spill records in extents of a [`BlockDevice`], with a
+//! crash-safe persisted allocation map.
+//!
+//! Layout (byte by byte in `docs/disk-format.md`, "Extent store"): two
+//! superblock copies (blocks 0 and 1), two bitmap slots, room for the remap
+//! table copies and the spare pool (reserved, not used yet), then the data
+//! area. Everything before the data area is reserved in the
+//! [`BlockBitmap`], so the allocator can never hand it out.
+//!
+//! - [`ExtentStore::put`] encodes a spill record ([`record::encode_into`]),
+//!   pads it to whole blocks, allocates an extent next-fit (so spills land
+//!   sequentially) and writes it.
+//! - [`ExtentStore::get`] reads the extent and decodes it; every read
+//!   verifies the record's checksums before any byte is returned.
+//! - [`ExtentStore::free`] forgets a record at once, but its blocks are only
+//!   handed out again after the next [`commit`](ExtentStore::commit): until
+//!   then the last committed state still lists the record there, and reusing
+//!   the blocks would let a crash resurrect it with another record's bytes.
+//! - [`ExtentStore::commit`] makes every earlier put and free durable: it
+//!   flushes the data, writes the allocation map into the bitmap slot that
+//!   is *not* current and flushes, then writes superblock copy 0 pointing
+//!   at it (sequence number + 1) and flushes, then copy 1 and flushes. A
+//!   crash at any point leaves either the previous committed state or the
+//!   new one; once both copies are written, losing either one loses
+//!   nothing.
+//!
+//! **A put is acknowledged (durable) once the next `commit` returns `Ok`.**
+//! After a crash, [`ExtentStore::open`] recovers exactly the last committed
+//! state: records put after it are not allocated, frees after it are undone.
+//!
+//! Not built yet (next session): bad-block remapping. The remap table
+//! copies and the spare pool have their blocks reserved and their geometry
+//! recorded in the superblock, and nothing reads or writes them.
+//!
+//! ```
+//! use strata_disk::device::MemDevice;
+//! use strata_disk::record::{ChecksumKind, CodecPolicy, Dtype, RecordMeta};
+//! use strata_disk::store::{ExtentStore, StoreConfig, StoreError};
+//!
+//! let config = StoreConfig {
+//!     cap_bytes: Some(64 * 4096),
+//!     policy: CodecPolicy::Auto,
+//!     checksum: ChecksumKind::Xxh3,
+//!     spare_blocks: 8,
+//! };
+//! let device = MemDevice::new(256 * 4096, 4096).unwrap();
+//! let mut store = ExtentStore::create(device, config.clone()).unwrap();
+//! let meta = RecordMeta { dtype: Dtype::Bytes, shape: vec![5] };
+//! let extent = store.put(b"hello", &meta).unwrap();
+//! store.commit().unwrap();
+//! assert_eq!(store.get(extent).unwrap().payload, b"hello");
+//!
+//! // Reopening finds the committed record.
+//! let store = ExtentStore::open(store.into_device(), config).unwrap();
+//! assert_eq!(store.get(extent).unwrap().payload, b"hello");
+//! assert!(matches!(
+//!     store.get(strata_disk::store::Extent { start: extent.start + 1, len: 1 }),
+//!     Err(StoreError::NotAllocated { .. })
+//! ));
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use strata_bitmap::Extent;
+use strata_bitmap::{BitmapError, BlockBitmap, ImageError, CHUNK_BLOCKS};
+
+use crate::device::{BlockDevice, DeviceError, BLOCK_BYTES_MIN};
+use crate::record::{
+    self, ChecksumKind, CodecPolicy, DecodedRecord, RecordError, RecordLocation, RecordMeta,
+};
+
+/// The first 8 bytes of each superblock copy.
+pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"STRSUPR1";
+/// The superblock format version this build writes and reads.
+pub const SUPERBLOCK_VERSION: u32 = 1;
+/// Bytes of a superblock copy that carry fields; the rest of its block is 0.
+pub const SUPERBLOCK_LEN_BYTES: usize = 168;
+/// Number of superblock copies (blocks `0..SUPERBLOCK_COPIES`).
+pub const SUPERBLOCK_COPIES: u64 = 2;
+/// Number of bitmap slots; commits alternate between them.
+pub const BITMAP_SLOTS: u64 = 2;
+/// Number of remap table copies reserved in the metadata area (not used yet).
+pub const REMAP_TABLE_COPIES: u64 = 2;
+/// Bytes of a remap table copy's header, reserved for the remap format.
+pub const REMAP_HEADER_BYTES: u64 = 64;
+/// Bytes per remap entry (bad block u64, spare block u64), one per spare block.
+pub const REMAP_ENTRY_BYTES: u64 = 16;
+/// Reserved ranges in the persisted bitmap: the one metadata area. Sizes the
+/// bitmap slots.
+pub const RESERVED_RANGES: u64 = 1;
+
+const _: () = assert!(SUPERBLOCK_LEN_BYTES as u64 <= BLOCK_BYTES_MIN);
+const _: () = assert!(SUPERBLOCK_COPIES == 2 && BITMAP_SLOTS == 2);
+
+/// Byte offset of the magic (8 bytes).
+pub const SB_OFFSET_MAGIC: usize = 0;
+/// Byte offset of the version (u32).
+pub const SB_OFFSET_VERSION: usize = 8;
+/// Byte offset of the flags (u32, 0).
+pub const SB_OFFSET_FLAGS: usize = 12;
+/// Byte offset of the block size in bytes (u64).
+pub const SB_OFFSET_BLOCK_BYTES: usize = 16;
+/// Byte offset of the device length in blocks (u64).
+pub const SB_OFFSET_DEVICE_BLOCKS: usize = 24;
+/// Byte offset of the sequence number (u64).
+pub const SB_OFFSET_SEQUENCE: usize = 32;
+/// Byte offset of the copy index (u64: 0 or 1, the block the copy belongs in).
+pub const SB_OFFSET_COPY_INDEX: usize = 40;
+/// Byte offset of the bitmap slot length in blocks (u64).
+pub const SB_OFFSET_SLOT_BLOCKS: usize = 48;
+/// Byte offset of bitmap slot 0's first block (u64).
+pub const SB_OFFSET_SLOT0_START: usize = 56;
+/// Byte offset of bitmap slot 1's first block (u64).
+pub const SB_OFFSET_SLOT1_START: usize = 64;
+/// Byte offset of the remap table copy count (u64).
+pub const SB_OFFSET_REMAP_COPIES: usize = 72;
+/// Byte offset of the remap table copy length in blocks (u64).
+pub const SB_OFFSET_REMAP_COPY_BLOCKS: usize = 80;
+/// Byte offset of the first remap table copy's first block (u64).
+pub const SB_OFFSET_REMAP_START: usize = 88;
+/// Byte offset of the spare pool's first block (u64).
+pub const SB_OFFSET_SPARE_START: usize = 96;
+/// Byte offset of the spare pool length in blocks (u64).
+pub const SB_OFFSET_SPARE_BLOCKS: usize = 104;
+/// Byte offset of the data area's first block (u64).
+pub const SB_OFFSET_DATA_START: usize = 112;
+/// Byte offset of the current bitmap slot (u64: 0 or 1).
+pub const SB_OFFSET_CURRENT_SLOT: usize = 120;
+/// Byte offset of the current slot's content length in bytes (u64).
+pub const SB_OFFSET_SLOT_LEN: usize = 128;
+/// Byte offset of the xxh3-64 of the current slot's content (u64).
+pub const SB_OFFSET_SLOT_CHECKSUM: usize = 136;
+/// Byte offset of the bitmap image length inside the slot content (u64).
+pub const SB_OFFSET_IMAGE_LEN: usize = 144;
+/// Byte offset of the next-fit cursor, a block index (u64).
+pub const SB_OFFSET_CURSOR: usize = 152;
+/// Byte offset of the superblock checksum: xxh3-64 of bytes `0..160`.
+pub const SB_OFFSET_CHECKSUM: usize = 160;
+
+const _: () = assert!(SB_OFFSET_CHECKSUM + 8 == SUPERBLOCK_LEN_BYTES);
+
+/// How a store is created or opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Most bytes of the data area that records may occupy (whole blocks,
+    /// padding included); `None` for no cap beyond the device. Applies to
+    /// this session only; it is not stored on disk.
+    pub cap_bytes: Option<u64>,
+    /// Codec policy for records written by [`ExtentStore::put`].
+    pub policy: CodecPolicy,
+    /// Checksum algorithm for records written by [`ExtentStore::put`].
+    pub checksum: ChecksumKind,
+    /// Blocks of spare pool to reserve ([`ExtentStore::create`] only; `open`
+    /// reads the layout from the superblock). The remap table copies are
+    /// sized for one entry per spare block.
+    pub spare_blocks: u64,
+}
+
+/// Block geometry of a store: where each area starts and how long it is.
+/// All values are block indices or block counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Bytes per block.
+    pub block_bytes: u64,
+    /// Blocks on the device.
+    pub device_blocks: u64,
+    /// Blocks per bitmap slot.
+    pub slot_blocks: u64,
+    /// First block of each bitmap slot.
+    pub slot_start: [u64; 2],
+    /// Blocks per remap table copy (reserved).
+    pub remap_copy_blocks: u64,
+    /// First block of the first remap table copy; copy `i` starts at
+    /// `remap_start + i * remap_copy_blocks`.
+    pub remap_start: u64,
+    /// First block of the spare pool (reserved).
+    pub spare_start: u64,
+    /// Blocks in the spare pool.
+    pub spare_blocks: u64,
+    /// First block of the data area; `0..data_start` is the metadata area.
+    pub data_start: u64,
+}
+
+impl Layout {
+    /// The layout of a device of `device_blocks` blocks of `block_bytes`
+    /// with `spare_blocks` spare blocks. Deterministic, so `open` can check
+    /// the superblock's copy of it.
+    pub fn compute(
+        device_blocks: u64,
+        block_bytes: u64,
+        spare_blocks: u64,
+    ) -> Result<Layout, StoreError> {
+        let too_small = |needed_blocks: u64| StoreError::DeviceTooSmall {
+            device_blocks,
+            needed_blocks,
+        };
+        let slot_bytes = slot_capacity_bytes(device_blocks);
+        let slot_blocks = slot_bytes.div_ceil(block_bytes);
+        let remap_copy_bytes = spare_blocks
+            .checked_mul(REMAP_ENTRY_BYTES)
+            .and_then(|b| b.checked_add(REMAP_HEADER_BYTES))
+            .ok_or(too_small(u64::MAX))?;
+        let remap_copy_blocks = remap_copy_bytes.div_ceil(block_bytes);
+        let slot0 = SUPERBLOCK_COPIES;
+        let slot1 = slot0 + slot_blocks;
+        let remap_start = slot1 + slot_blocks;
+        let spare_start = remap_copy_blocks
+            .checked_mul(REMAP_TABLE_COPIES)
+            .and_then(|b| b.checked_add(remap_start))
+            .ok_or(too_small(u64::MAX))?;
+        let data_start = spare_start
+            .checked_add(spare_blocks)
+            .ok_or(too_small(u64::MAX))?;
+        // At least one data block, or the store can hold nothing.
+        if data_start >= device_blocks {
+            return Err(too_small(data_start + 1));
+        }
+        Ok(Layout {
+            block_bytes,
+            device_blocks,
+            slot_blocks,
+            slot_start: [slot0, slot1],
+            remap_copy_blocks,
+            remap_start,
+            spare_start,
+            spare_blocks,
+            data_start,
+        })
+    }
+
+    /// Blocks of the data area.
+    pub fn data_blocks(&self) -> u64 {
+        self.device_blocks - self.data_start
+    }
+}
+
+/// Most bytes a slot's content needs on a device of `device_blocks`: the
+/// largest bitmap image (one reserved range) plus the record-start map.
+fn slot_capacity_bytes(device_blocks: u64) -> u64 {
+    let words = device_blocks.div_ceil(CHUNK_BLOCKS) * (CHUNK_BLOCKS / 64);
+    let image_bytes = strata_bitmap::IMAGE_HEADER_BYTES + 16 * RESERVED_RANGES + 8 * words + 8;
+    image_bytes + start_map_bytes(device_blocks)
+}
+
+fn start_map_bytes(device_blocks: u64) -> u64 {
+    device_blocks.div_ceil(8)
+}
+
+/// Figures of a store at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes per block.
+    pub block_bytes: u64,
+    /// Bytes of the data area.
+    pub capacity_bytes: u64,
+    /// Bytes of the data area allocated: live records plus records freed
+    /// since the last commit (their blocks return at the next commit).
+    pub used_bytes: u64,
+    /// Bytes of the data area that can be allocated now.
+    pub free_bytes: u64,
+    /// Of `used_bytes`, bytes freed since the last commit.
+    pub pending_free_bytes: u64,
+    /// The session's cap, if any.
+    pub cap_bytes: Option<u64>,
+    /// Live records (put and not freed).
+    pub records: u64,
+    /// Sequence number of the last durable superblock.
+    pub sequence: u64,
+}
+
+/// Why a superblock copy was rejected at open.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SuperblockDefect {
+    /// Reading the block failed.
+    ReadFailed {
+        /// The device error, as text (the error itself is not `Clone`).
+        detail: String,
+    },
+    /// The first 8 bytes are not [`SUPERBLOCK_MAGIC`].
+    BadMagic {
+        /// The bytes found.
+        found: [u8; 8],
+    },
+    /// The superblock checksum does not match its bytes.
+    Checksum {
+        /// Checksum stored in the copy.
+        expected: u64,
+        /// xxh3-64 computed over bytes `0..160`.
+        actual: u64,
+    },
+    /// A version this build cannot read.
+    UnsupportedVersion {
+        /// Version found.
+        found: u32,
+    },
+    /// A field disagrees with the device or with the layout recomputed from
+    /// the device geometry and the stored spare pool size.
+    Field {
+        /// The field's name as in `docs/disk-format.md`.
+        field: &'static str,
+        /// The value stored.
+        stored: u64,
+        /// The value expected.
+        expected: u64,
+    },
+    /// A field lies outside its valid range `min..max_exclusive`.
+    OutOfRange {
+        /// The field's name as in `docs/disk-format.md`.
+        field: &'static str,
+        /// The value stored.
+        stored: u64,
+        /// Smallest valid value.
+        min: u64,
+        /// One past the largest valid value.
+        max_exclusive: u64,
+    },
+    /// The stored spare pool leaves no data block on this device.
+    SpareTooLarge {
+        /// Spare blocks stored.
+        spare_blocks: u64,
+        /// Blocks on the device.
+        device_blocks: u64,
+    },
+}
+
+impl fmt::Display for SuperblockDefect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SuperblockDefect::ReadFailed { detail } => write!(f, "read failed: {detail}"),
+            SuperblockDefect::BadMagic { found } => {
+                write!(f, "magic {found:02x?}, expected {SUPERBLOCK_MAGIC:02x?}")
+            }
+            SuperblockDefect::Checksum { expected, actual } => write!(
+                f,
+                "checksum mismatch: xxh3 expected {expected:#018x}, found {actual:#018x}"
+            ),
+            SuperblockDefect::UnsupportedVersion { found } => {
+                write!(f, "version {found}, this build reads {SUPERBLOCK_VERSION}")
+            }
+            SuperblockDefect::Field {
+                field,
+                stored,
+                expected,
+            } => write!(f, "field {field} holds {stored}, expected {expected}"),
+            SuperblockDefect::OutOfRange {
+                field,
+                stored,
+                min,
+                max_exclusive,
+            } => write!(
+                f,
+                "field {field} holds {stored}, outside {min}..{max_exclusive}"
+            ),
+            SuperblockDefect::SpareTooLarge {
+                spare_blocks,
+                device_blocks,
+            } => write!(
+                f,
+                "a spare pool of {spare_blocks} blocks leaves no data block on a device of \
+                 {device_blocks} blocks"
+            ),
+        }
+    }
+}
+
+/// Why a store operation failed. A refused operation changes nothing,
+/// except where a variant says otherwise.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum StoreError {
+    /// The device failed.
+    Device {
+        /// What the store was doing, e.g. `"write record"`, `"flush bitmap"`.
+        op: &'static str,
+        /// The device error.
+        source: DeviceError,
+    },
+    /// The record could not be encoded (bad meta, too large).
+    Encode {
+        /// The record error.
+        source: RecordError,
+    },
+    /// The record at `extent` failed verification or decoding; for a
+    /// checksum mismatch `source` names the extent and the expected and
+    /// actual checksums.
+    Record {
+        /// The extent read.
+        extent: Extent,
+        /// The record error.
+        source: RecordError,
+    },
+    /// The put would take the store past its cap.
+    CapExceeded {
+        /// Bytes the record needs (whole blocks).
+        requested_bytes: u64,
+        /// Bytes allocated now.
+        used_bytes: u64,
+        /// The cap.
+        cap_bytes: u64,
+    },
+    /// No run of free blocks is long enough for the record.
+    NoSpace {
+        /// Blocks the record needs.
+        requested_blocks: u64,
+        /// Free blocks in total.
+        free_blocks: u64,
+        /// The longest run of free blocks.
+        largest_free_run_blocks: u64,
+    },
+    /// The extent is not a live record of this store: never put, already
+    /// freed (a double free), or not exactly the extent `put` returned.
+    NotAllocated {
+        /// The extent asked for.
+        extent: Extent,
+    },
+    /// The device cannot hold the metadata area and one data block.
+    DeviceTooSmall {
+        /// Blocks on the device.
+        device_blocks: u64,
+        /// Blocks needed (`u64::MAX` if the count overflows).
+        needed_blocks: u64,
+    },
+    /// The bitmap could not be built (the device exceeds the bitmap's
+    /// capacity limit).
+    Bitmap {
+        /// The bitmap error.
+        source: BitmapError,
+    },
+    /// Neither superblock copy is valid: not a store, or both are damaged.
+    NoValidSuperblock {
+        /// Why copy 0 and copy 1 were rejected.
+        defects: [SuperblockDefect; 2],
+    },
+    /// The newest valid superblock points at a bitmap slot whose content
+    /// does not match its checksum. Open does not fall back to the older
+    /// copy: its allocation state may list blocks that were freed and
+    /// reused since, so a read could return another record's bytes.
+    BitmapSlotCorrupt {
+        /// Sequence number of the superblock.
+        sequence: u64,
+        /// The slot (0 or 1).
+        slot: u64,
+        /// Checksum in the superblock.
+        expected: u64,
+        /// Checksum computed over the slot content.
+        actual: u64,
+    },
+    /// The slot's checksum matched but its bitmap image was rejected.
+    BitmapImage {
+        /// The slot (0 or 1).
+        slot: u64,
+        /// The image error.
+        source: ImageError,
+    },
+    /// The slot's checksum matched but its content contradicts the layout
+    /// (reserved ranges, capacity, record-start map).
+    SlotInconsistent {
+        /// The slot (0 or 1).
+        slot: u64,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// An earlier commit failed part way; the on-disk state is the last
+    /// committed one or the attempted one. Reads still work; reopen the
+    /// store to write again.
+    NeedsReopen,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Device { op, source } => write!(f, "extent store: {op} failed: {source}"),
+            StoreError::Encode { source } => {
+                write!(f, "extent store: cannot encode record: {source}")
+            }
+            StoreError::Record { extent, source } => write!(
+                f,
+                "extent store: record at blocks {}..{} is unreadable: {source}",
+                extent.start,
+                extent.end()
+            ),
+            StoreError::CapExceeded {
+                requested_bytes,
+                used_bytes,
+                cap_bytes,
+            } => write!(
+                f,
+                "extent store cap exceeded: asked for {requested_bytes} bytes, {used_bytes} of \
+                 {cap_bytes} bytes used, {} left",
+                cap_bytes.saturating_sub(*used_bytes)
+            ),
+            StoreError::NoSpace {
+                requested_blocks,
+                free_blocks,
+                largest_free_run_blocks,
+            } => write!(
+                f,
+                "extent store full: asked for {requested_blocks} contiguous blocks, {free_blocks} \
+                 free, longest free run {largest_free_run_blocks}"
+            ),
+            StoreError::NotAllocated { extent } => write!(
+                f,
+                "extent at blocks {}..{} is not a live record (never put, already freed, or not \
+                 the extent put returned)",
+                extent.start,
+                extent.end()
+            ),
+            StoreError::DeviceTooSmall {
+                device_blocks,
+                needed_blocks,
+            } => write!(
+                f,
+                "device of {device_blocks} blocks is too small for an extent store: needs at \
+                 least {needed_blocks}"
+            ),
+            StoreError::Bitmap { source } => write!(f, "extent store bitmap: {source}"),
+            StoreError::NoValidSuperblock { defects } => write!(
+                f,
+                "no valid superblock: copy 0: {}; copy 1: {}",
+                defects[0], defects[1]
+            ),
+            StoreError::BitmapSlotCorrupt {
+                sequence,
+                slot,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "bitmap slot {slot} of superblock sequence {sequence} is corrupt: xxh3 expected \
+                 {expected:#018x}, found {actual:#018x}"
+            ),
+            StoreError::BitmapImage { slot, source } => {
+                write!(f, "bitmap slot {slot}: {source}")
+            }
+            StoreError::SlotInconsistent { slot, reason } => {
+                write!(f, "bitmap slot {slot} is inconsistent: {reason}")
+            }
+            StoreError::NeedsReopen => write!(
+                f,
+                "an earlier commit failed part way; reopen the extent store before writing"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Device { source, .. } => Some(source),
+            StoreError::Encode { source } | StoreError::Record { source, .. } => Some(source),
+            StoreError::Bitmap { source } => Some(source),
+            StoreError::BitmapImage { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn device_error(op: &'static str) -> impl FnOnce(DeviceError) -> StoreError {
+    move |source| StoreError::Device { op, source }
+}
+
+fn xxh3(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+fn get_u64(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+fn put_u64(bytes: &mut [u8], offset: usize, value: u64) {
+    bytes[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+/// The fields of a superblock copy that change between commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Commit {
+    sequence: u64,
+    current_slot: u64,
+    slot_len_bytes: u64,
+    slot_checksum: u64,
+    image_len_bytes: u64,
+    cursor: u64,
+}
+
+fn encode_superblock(layout: &Layout, commit: &Commit, copy_index: u64) -> Vec<u8> {
+    let mut block = vec![0u8; layout.block_bytes as usize];
+    block[SB_OFFSET_MAGIC..SB_OFFSET_MAGIC + 8].copy_from_slice(&SUPERBLOCK_MAGIC);
+    block[SB_OFFSET_VERSION..SB_OFFSET_VERSION + 4]
+        .copy_from_slice(&SUPERBLOCK_VERSION.to_le_bytes());
+    for (offset, value) in [
+        (SB_OFFSET_BLOCK_BYTES, layout.block_bytes),
+        (SB_OFFSET_DEVICE_BLOCKS, layout.device_blocks),
+        (SB_OFFSET_SEQUENCE, commit.sequence),
+        (SB_OFFSET_COPY_INDEX, copy_index),
+        (SB_OFFSET_SLOT_BLOCKS, layout.slot_blocks),
+        (SB_OFFSET_SLOT0_START, layout.slot_start[0]),
+        (SB_OFFSET_SLOT1_START, layout.slot_start[1]),
+        (SB_OFFSET_REMAP_COPIES, REMAP_TABLE_COPIES),
+        (SB_OFFSET_REMAP_COPY_BLOCKS, layout.remap_copy_blocks),
+        (SB_OFFSET_REMAP_START, layout.remap_start),
+        (SB_OFFSET_SPARE_START, layout.spare_start),
+        (SB_OFFSET_SPARE_BLOCKS, layout.spare_blocks),
+        (SB_OFFSET_DATA_START, layout.data_start),
+        (SB_OFFSET_CURRENT_SLOT, commit.current_slot),
+        (SB_OFFSET_SLOT_LEN, commit.slot_len_bytes),
+        (SB_OFFSET_SLOT_CHECKSUM, commit.slot_checksum),
+        (SB_OFFSET_IMAGE_LEN, commit.image_len_bytes),
+        (SB_OFFSET_CURSOR, commit.cursor),
+    ] {
+        put_u64(&mut block, offset, value);
+    }
+    let checksum = xxh3(&block[..SB_OFFSET_CHECKSUM]);
+    put_u64(&mut block, SB_OFFSET_CHECKSUM, checksum);
+    block
+}
+
+/// Parses and validates the superblock copy `copy_index` (its whole block).
+fn decode_superblock(
+    block: &[u8],
+    copy_index: u64,
+    block_bytes: u64,
+    device_blocks: u64,
+) -> Result<(Layout, Commit), SuperblockDefect> {
+    let magic: [u8; 8] = block[..8].try_into().expect("8 bytes");
+    if magic != SUPERBLOCK_MAGIC {
+        return Err(SuperblockDefect::BadMagic { found: magic });
+    }
+    let expected = get_u64(block, SB_OFFSET_CHECKSUM);
+    let actual = xxh3(&block[..SB_OFFSET_CHECKSUM]);
+    if expected != actual {
+        return Err(SuperblockDefect::Checksum { expected, actual });
+    }
+    let version = u32::from_le_bytes(
+        block[SB_OFFSET_VERSION..SB_OFFSET_VERSION + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    if version != SUPERBLOCK_VERSION {
+        return Err(SuperblockDefect::UnsupportedVersion { found: version });
+    }
+    let field = |field: &'static str, offset: usize, expected: u64| {
+        let stored = get_u64(block, offset);
+        if stored == expected {
+            Ok(())
+        } else {
+            Err(SuperblockDefect::Field {
+                field,
+                stored,
+                expected,
+            })
+        }
+    };
+    let flags = u32::from_le_bytes(
+        block[SB_OFFSET_FLAGS..SB_OFFSET_FLAGS + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    if flags != 0 {
+        return Err(SuperblockDefect::Field {
+            field: "flags",
+            stored: u64::from(flags),
+            expected: 0,
+        });
+    }
+    field("block_bytes", SB_OFFSET_BLOCK_BYTES, block_bytes)?;
+    field("device_blocks", SB_OFFSET_DEVICE_BLOCKS, device_blocks)?;
+    let sequence = get_u64(block, SB_OFFSET_SEQUENCE);
+    field("copy_index", SB_OFFSET_COPY_INDEX, copy_index)?;
+    let spare_blocks = get_u64(block, SB_OFFSET_SPARE_BLOCKS);
+    let layout = Layout::compute(device_blocks, block_bytes, spare_blocks).map_err(|_| {
+        SuperblockDefect::SpareTooLarge {
+            spare_blocks,
+            device_blocks,
+        }
+    })?;
+    field("slot_blocks", SB_OFFSET_SLOT_BLOCKS, layout.slot_blocks)?;
+    field("slot0_start", SB_OFFSET_SLOT0_START, layout.slot_start[0])?;
+    field("slot1_start", SB_OFFSET_SLOT1_START, layout.slot_start[1])?;
+    field("remap_copies", SB_OFFSET_REMAP_COPIES, REMAP_TABLE_COPIES)?;
+    field(
+        "remap_copy_blocks",
+        SB_OFFSET_REMAP_COPY_BLOCKS,
+        layout.remap_copy_blocks,
+    )?;
+    field("remap_start", SB_OFFSET_REMAP_START, layout.remap_start)?;
+    field("spare_start", SB_OFFSET_SPARE_START, layout.spare_start)?;
+    field("data_start", SB_OFFSET_DATA_START, layout.data_start)?;
+    let current_slot = get_u64(block, SB_OFFSET_CURRENT_SLOT);
+    if current_slot >= BITMAP_SLOTS {
+        return Err(SuperblockDefect::OutOfRange {
+            field: "current_slot",
+            stored: current_slot,
+            min: 0,
+            max_exclusive: BITMAP_SLOTS,
+        });
+    }
+    let slot_len_bytes = get_u64(block, SB_OFFSET_SLOT_LEN);
+    let slot_capacity = layout.slot_blocks * block_bytes;
+    let map_bytes = start_map_bytes(device_blocks);
+    if slot_len_bytes <= map_bytes || slot_len_bytes > slot_capacity {
+        return Err(SuperblockDefect::OutOfRange {
+            field: "slot_len",
+            stored: slot_len_bytes,
+            min: map_bytes + 1,
+            max_exclusive: slot_capacity + 1,
+        });
+    }
+    let image_len_bytes = get_u64(block, SB_OFFSET_IMAGE_LEN);
+    field("image_len", SB_OFFSET_IMAGE_LEN, slot_len_bytes - map_bytes)?;
+    let cursor = get_u64(block, SB_OFFSET_CURSOR);
+    if cursor < layout.data_start || cursor >= device_blocks {
+        return Err(SuperblockDefect::OutOfRange {
+            field: "cursor",
+            stored: cursor,
+            min: layout.data_start,
+            max_exclusive: device_blocks,
+        });
+    }
+    Ok((
+        layout,
+        Commit {
+            sequence,
+            current_slot,
+            slot_len_bytes,
+            slot_checksum: get_u64(block, SB_OFFSET_SLOT_CHECKSUM),
+            image_len_bytes,
+            cursor,
+        },
+    ))
+}
+
+/// Spill records in extents of a block device. See the module documentation.
+#[derive(Debug)]
+pub struct ExtentStore<D: BlockDevice> {
+    device: D,
+    config: StoreConfig,
+    layout: Layout,
+    /// The allocation map: metadata area reserved; live records and frees
+    /// pending commit allocated.
+    bitmap: BlockBitmap,
+    /// Live records: start block to length in blocks.
+    live: BTreeMap<u64, u64>,
+    /// Records freed since the last commit; their blocks stay allocated
+    /// until the commit that frees them is durable.
+    pending_free: Vec<Extent>,
+    /// The last durable superblock's commit fields.
+    committed: Commit,
+    /// Next-fit cursor: the block after the last extent allocated.
+    cursor: u64,
+    /// Set when a commit failed part way.
+    needs_reopen: bool,
+    /// Reused encode buffer.
+    scratch: Vec<u8>,
+}
+
+impl<D: BlockDevice> ExtentStore<D> {
+    /// Formats `device` as an empty store and makes it durable. Whatever the
+    /// device held is forgotten. The store exists once this returns `Ok`; a
+    /// crash before that may leave the device unformatted or holding its old
+    /// store.
+    pub fn create(device: D, config: StoreConfig) -> Result<Self, StoreError> {
+        let layout = Layout::compute(
+            device.len_blocks(),
+            device.block_bytes(),
+            config.spare_blocks,
+        )?;
+        let mut bitmap = BlockBitmap::new(layout.device_blocks)
+            .map_err(|source| StoreError::Bitmap { source })?;
+        bitmap
+            .reserve(0..layout.data_start)
+            .map_err(|source| StoreError::Bitmap { source })?;
+        let mut store = ExtentStore {
+            device,
+            config,
+            layout,
+            bitmap,
+            live: BTreeMap::new(),
+            pending_free: Vec::new(),
+            committed: Commit {
+                sequence: 0,
+                current_slot: 0,
+                slot_len_bytes: 0,
+                slot_checksum: 0,
+                image_len_bytes: 0,
+                cursor: layout.data_start,
+            },
+            cursor: layout.data_start,
+            needs_reopen: false,
+            scratch: Vec::new(),
+        };
+        // Slot 0, then both superblock copies (sequence 1) pointing at it,
+        // so no copy of an older store on the device survives.
+        let (slot_bytes, image_len_bytes) = store.slot_content(&store.bitmap);
+        store.write_slot(0, &slot_bytes)?;
+        let commit = Commit {
+            sequence: 1,
+            current_slot: 0,
+            slot_len_bytes: slot_bytes.len() as u64,
+            slot_checksum: xxh3(&slot_bytes),
+            image_len_bytes,
+            cursor: layout.data_start,
+        };
+        store.write_superblock(&commit)?;
+        store.committed = commit;
+        Ok(store)
+    }
+
+    /// Opens the store on `device`: takes the valid superblock copy with the
+    /// highest sequence number, verifies its bitmap slot and recovers the
+    /// last committed state. `config.spare_blocks` is ignored (the layout
+    /// comes from the superblock); the cap, policy and checksum apply to
+    /// this session.
+    ///
+    /// Errors: [`StoreError::NoValidSuperblock`] when neither copy is valid;
+    /// [`StoreError::BitmapSlotCorrupt`], [`StoreError::BitmapImage`] or
+    /// [`StoreError::SlotInconsistent`] when the newest valid copy's slot is
+    /// damaged (no fallback to the older copy; see `BitmapSlotCorrupt`).
+    pub fn open(device: D, config: StoreConfig) -> Result<Self, StoreError> {
+        let block_bytes = device.block_bytes();
+        let device_blocks = device.len_blocks();
+        let mut block = vec![0u8; block_bytes as usize];
+        let mut candidates = Vec::new();
+        let mut defects = Vec::new();
+        for copy_index in 0..SUPERBLOCK_COPIES {
+            let parsed = device
+                .read_at(copy_index * block_bytes, &mut block)
+                .map_err(|e| SuperblockDefect::ReadFailed {
+                    detail: e.to_string(),
+                })
+                .and_then(|()| decode_superblock(&block, copy_index, block_bytes, device_blocks));
+            match parsed {
+                Ok(found) => candidates.push(found),
+                Err(defect) => defects.push(defect),
+            }
+        }
+        let Some(&(layout, commit)) = candidates.iter().max_by_key(|(_, c)| c.sequence) else {
+            let second = defects.pop().expect("two defects");
+            let first = defects.pop().expect("two defects");
+            return Err(StoreError::NoValidSuperblock {
+                defects: [first, second],
+            });
+        };
+        let slot = commit.current_slot;
+        let mut slot_bytes = vec![0u8; (layout.slot_blocks * block_bytes) as usize];
+        device
+            .read_at(
+                layout.slot_start[slot as usize] * block_bytes,
+                &mut slot_bytes,
+            )
+            .map_err(device_error("read bitmap slot"))?;
+        slot_bytes.truncate(commit.slot_len_bytes as usize);
+        let actual = xxh3(&slot_bytes);
+        if actual != commit.slot_checksum {
+            return Err(StoreError::BitmapSlotCorrupt {
+                sequence: commit.sequence,
+                slot,
+                expected: commit.slot_checksum,
+                actual,
+            });
+        }
+        let (image, start_map) = slot_bytes.split_at(commit.image_len_bytes as usize);
+        let bitmap = BlockBitmap::from_bytes(image)
+            .map_err(|source| StoreError::BitmapImage { slot, source })?;
+        let live = recover_records(&bitmap, start_map, &layout)
+            .map_err(|reason| StoreError::SlotInconsistent { slot, reason })?;
+        let store = ExtentStore {
+            device,
+            config,
+            layout,
+            bitmap,
+            live,
+            pending_free: Vec::new(),
+            committed: commit,
+            cursor: commit.cursor,
+            needs_reopen: false,
+            scratch: Vec::new(),
+        };
+        Ok(store)
+    }
+
+    /// Encodes `payload` as a spill record, allocates an extent for it
+    /// (next-fit) and writes it. Durable once the next
+    /// [`commit`](Self::commit) returns `Ok`.
+    ///
+    /// Errors (nothing changes): [`StoreError::Encode`],
+    /// [`StoreError::CapExceeded`] (checked first),
+    /// [`StoreError::NoSpace`], [`StoreError::Device`] (the extent is
+    /// released again), [`StoreError::NeedsReopen`].
+    pub fn put(&mut self, payload: &[u8], meta: &RecordMeta) -> Result<Extent, StoreError> {
+        if self.needs_reopen {
+            return Err(StoreError::NeedsReopen);
+        }
+        let block_bytes = self.layout.block_bytes;
+        self.scratch.clear();
+        record::encode_into(
+            payload,
+            meta,
+            self.config.policy,
+            self.config.checksum,
+            &mut self.scratch,
+        )
+        .map_err(|source| StoreError::Encode { source })?;
+        let len_blocks = (self.scratch.len() as u64).div_ceil(block_bytes);
+        self.scratch.resize((len_blocks * block_bytes) as usize, 0);
+        let requested_bytes = len_blocks * block_bytes;
+        let used_bytes = self.bitmap.allocated_blocks() * block_bytes;
+        if let Some(cap_bytes) = self.config.cap_bytes {
+            if used_bytes.saturating_add(requested_bytes) > cap_bytes {
+                return Err(StoreError::CapExceeded {
+                    requested_bytes,
+                    used_bytes,
+                    cap_bytes,
+                });
+            }
+        }
+        let Some(extent) = self.bitmap.alloc_extent_near(len_blocks, self.cursor) else {
+            return Err(StoreError::NoSpace {
+                requested_blocks: len_blocks,
+                free_blocks: self.bitmap.free_blocks(),
+                largest_free_run_blocks: self.bitmap.largest_free_run_blocks(),
+            });
+        };
+        if let Err(source) = self
+            .device
+            .write_at(extent.start * block_bytes, &self.scratch)
+        {
+            self.bitmap
+                .free_extent(extent)
+                .expect("an extent just allocated can be freed");
+            return Err(StoreError::Device {
+                op: "write record",
+                source,
+            });
+        }
+        self.live.insert(extent.start, extent.len);
+        self.cursor = if extent.end() >= self.layout.device_blocks {
+            self.layout.data_start
+        } else {
+            extent.end()
+        };
+        Ok(extent)
+    }
+
+    /// Reads and verifies the record at `extent` (exactly as `put` returned
+    /// it). No byte is returned unless the record's checksums match.
+    pub fn get(&self, extent: Extent) -> Result<DecodedRecord, StoreError> {
+        if self.live.get(&extent.start) != Some(&extent.len) {
+            return Err(StoreError::NotAllocated { extent });
+        }
+        let block_bytes = self.layout.block_bytes;
+        let mut bytes = vec![0u8; (extent.len * block_bytes) as usize];
+        self.device
+            .read_at(extent.start * block_bytes, &mut bytes)
+            .map_err(device_error("read record"))?;
+        let location = RecordLocation {
+            start_block: extent.start,
+            len_blocks: extent.len,
+        };
+        record::decode(&bytes, location).map_err(|source| StoreError::Record { extent, source })
+    }
+
+    /// Forgets the record at `extent` (exactly as `put` returned it). Its
+    /// blocks become allocatable after the next successful commit.
+    /// [`StoreError::NotAllocated`] for anything that is not a live record,
+    /// a double free included.
+    pub fn free(&mut self, extent: Extent) -> Result<(), StoreError> {
+        if self.needs_reopen {
+            return Err(StoreError::NeedsReopen);
+        }
+        if self.live.get(&extent.start) != Some(&extent.len) {
+            return Err(StoreError::NotAllocated { extent });
+        }
+        self.live.remove(&extent.start);
+        self.pending_free.push(extent);
+        Ok(())
+    }
+
+    /// Makes every earlier put and free durable; see the module
+    /// documentation for the write order. On a device error the store
+    /// refuses further writes ([`StoreError::NeedsReopen`]): the on-disk
+    /// state is then the previous commit or this one, and only reopening
+    /// tells which.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.needs_reopen {
+            return Err(StoreError::NeedsReopen);
+        }
+        // The new allocation map: pending frees released.
+        let mut next = self.bitmap.clone();
+        for &extent in &self.pending_free {
+            next.free_extent(extent)
+                .expect("a pending free is allocated in the bitmap");
+        }
+        let (slot_bytes, image_len_bytes) = self.slot_content(&next);
+        let commit = Commit {
+            sequence: self.committed.sequence + 1,
+            current_slot: 1 - self.committed.current_slot,
+            slot_len_bytes: slot_bytes.len() as u64,
+            slot_checksum: xxh3(&slot_bytes),
+            image_len_bytes,
+            cursor: self.cursor,
+        };
+        let result = self
+            .device
+            .flush()
+            .map_err(device_error("flush records"))
+            .and_then(|()| self.write_slot(commit.current_slot, &slot_bytes))
+            .and_then(|()| self.write_superblock(&commit));
+        if let Err(error) = result {
+            self.needs_reopen = true;
+            return Err(error);
+        }
+        self.bitmap = next;
+        self.pending_free.clear();
+        self.committed = commit;
+        Ok(())
+    }
+
+    /// The slot content for `bitmap` and the live records: the bitmap image
+    /// then the record-start map. Returns it and the image's length.
+    fn slot_content(&self, bitmap: &BlockBitmap) -> (Vec<u8>, u64) {
+        let mut bytes = bitmap.to_bytes();
+        let image_len_bytes = bytes.len() as u64;
+        let map_start = bytes.len();
+        bytes.resize(
+            map_start + start_map_bytes(self.layout.device_blocks) as usize,
+            0,
+        );
+        for &start in self.live.keys() {
+            bytes[map_start + (start / 8) as usize] |= 1 << (start % 8);
+        }
+        let capacity = self.layout.slot_blocks * self.layout.block_bytes;
+        assert!(
+            bytes.len() as u64 <= capacity,
+            "slot content of {} bytes exceeds the slot's {capacity} bytes",
+            bytes.len()
+        );
+        (bytes, image_len_bytes)
+    }
+
+    /// Writes `content` (padded with zeros) into bitmap slot `slot`, then flushes.
+    fn write_slot(&self, slot: u64, content: &[u8]) -> Result<(), StoreError> {
+        let block_bytes = self.layout.block_bytes;
+        let mut padded = content.to_vec();
+        padded.resize(
+            (content.len() as u64).div_ceil(block_bytes) as usize * block_bytes as usize,
+            0,
+        );
+        self.device
+            .write_at(self.layout.slot_start[slot as usize] * block_bytes, &padded)
+            .map_err(device_error("write bitmap slot"))?;
+        self.device
+            .flush()
+            .map_err(device_error("flush bitmap slot"))
+    }
+
+    /// Writes superblock copy 0 for `commit` and flushes, then copy 1 and
+    /// flushes: at every instant at least one copy is whole, and once both
+    /// are written a damaged copy costs nothing.
+    fn write_superblock(&self, commit: &Commit) -> Result<(), StoreError> {
+        for copy_index in 0..SUPERBLOCK_COPIES {
+            let block = encode_superblock(&self.layout, commit, copy_index);
+            self.device
+                .write_at(copy_index * self.layout.block_bytes, &block)
+                .map_err(device_error("write superblock"))?;
+            self.device
+                .flush()
+                .map_err(device_error("flush superblock"))?;
+        }
+        Ok(())
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> StoreStats {
+        let block_bytes = self.layout.block_bytes;
+        let pending: u64 = self.pending_free.iter().map(|e| e.len).sum();
+        StoreStats {
+            block_bytes,
+            capacity_bytes: self.layout.data_blocks() * block_bytes,
+            used_bytes: self.bitmap.allocated_blocks() * block_bytes,
+            free_bytes: self.bitmap.free_blocks() * block_bytes,
+            pending_free_bytes: pending * block_bytes,
+            cap_bytes: self.config.cap_bytes,
+            records: self.live.len() as u64,
+            sequence: self.committed.sequence,
+        }
+    }
+
+    /// The live records' extents, in block order.
+    pub fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
+        self.live.iter().map(|(&start, &len)| Extent { start, len })
+    }
+
+    /// The store's block layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// Gives the device back (nothing is written: call
+    /// [`commit`](Self::commit) first to keep uncommitted work).
+    pub fn into_device(self) -> D {
+        self.device
+    }
+
+    /// O(device blocks) check of every invariant; panics with the values.
+    ///
+    /// - the bitmap's own invariants; its only reserved range is the
+    ///   metadata area `0..data_start`;
+    /// - live records and pending frees are disjoint, inside the data area,
+    ///   and every block of them is allocated;
+    /// - allocated blocks are exactly those of live records and pending frees;
+    /// - the cursor lies in the data area.
+    pub fn check_invariants(&self) {
+        self.bitmap.check_invariants();
+        let layout = &self.layout;
+        assert_eq!(
+            self.bitmap.reserved(),
+            std::slice::from_ref(&(0..layout.data_start)),
+            "reserved ranges {:?}, expected only the metadata area 0..{}",
+            self.bitmap.reserved(),
+            layout.data_start
+        );
+        let mut extents: Vec<Extent> = self
+            .extents()
+            .chain(self.pending_free.iter().copied())
+            .collect();
+        extents.sort_by_key(|e| e.start);
+        let mut previous_end = layout.data_start;
+        let mut blocks = 0u64;
+        for extent in &extents {
+            assert!(
+                extent.len > 0
+                    && extent.start >= previous_end
+                    && extent.end() <= layout.device_blocks,
+                "extent {extent:?} overlaps the previous one (ending at {previous_end}) or leaves \
+                 the data area {}..{}",
+                layout.data_start,
+                layout.device_blocks
+            );
+            for block in extent.blocks() {
+                assert!(
+                    self.bitmap.is_allocated(block),
+                    "block {block} of record {extent:?} is not allocated in the bitmap"
+                );
+            }
+            blocks += extent.len;
+            previous_end = extent.end();
+        }
+        assert_eq!(
+            blocks,
+            self.bitmap.allocated_blocks(),
+            "records and pending frees cover {blocks} blocks, the bitmap has {} allocated",
+            self.bitmap.allocated_blocks()
+        );
+        assert!(
+            self.cursor >= layout.data_start && self.cursor < layout.device_blocks,
+            "cursor {} outside the data area {}..{}",
+            self.cursor,
+            layout.data_start,
+            layout.device_blocks
+        );
+    }
+}
+
+/// Rebuilds the live records from a bitmap and its record-start map, and
+/// checks they agree with each other and with the layout.
+fn recover_records(
+    bitmap: &BlockBitmap,
+    start_map: &[u8],
+    layout: &Layout,
+) -> Result<BTreeMap<u64, u64>, String> {
+    if bitmap.capacity_blocks() != layout.device_blocks {
+        return Err(format!(
+            "bitmap capacity {} blocks, device has {}",
+            bitmap.capacity_blocks(),
+            layout.device_blocks
+        ));
+    }
+    if bitmap.reserved() != std::slice::from_ref(&(0..layout.data_start)) {
+        return Err(format!(
+            "reserved ranges {:?}, expected 0..{}",
+            bitmap.reserved(),
+            layout.data_start
+        ));
+    }
+    if start_map.len() as u64 != start_map_bytes(layout.device_blocks) {
+        return Err(format!(
+            "record-start map of {} bytes, expected {}",
+            start_map.len(),
+            start_map_bytes(layout.device_blocks)
+        ));
+    }
+    let is_start = |block: u64| start_map[(block / 8) as usize] >> (block % 8) & 1 == 1;
+    for block in (0..layout.data_start).chain(layout.device_blocks..start_map.len() as u64 * 8) {
+        if is_start(block) {
+            return Err(format!(
+                "record start at block {block}, outside the data area"
+            ));
+        }
+    }
+    let mut live = BTreeMap::new();
+    let mut open: Option<u64> = None;
+    for block in layout.data_start..layout.device_blocks {
+        let allocated = bitmap.is_allocated(block);
+        match (allocated, is_start(block)) {
+            (false, true) => return Err(format!("record start at free block {block}")),
+            (true, false) if open.is_none() => {
+                return Err(format!("allocated block {block} belongs to no record"))
+            }
+            (true, false) => {}
+            (_, starts) => {
+                if let Some(start) = open.take() {
+                    live.insert(start, block - start);
+                }
+                if starts {
+                    open = Some(block);
+                }
+            }
+        }
+    }
+    if let Some(start) = open {
+        live.insert(start, layout.device_blocks - start);
+    }
+    Ok(live)
+}
