@@ -731,8 +731,15 @@ fn hammer(pool: Arc<dyn MemoryPool>, seed: u64) {
             .iter()
             .enumerate()
             .map(|(w, mine)| {
-                let (shared, granted, refused) = (&shared, &granted, &refused);
+                let (shared, granted, refused, observations) =
+                    (&shared, &granted, &refused, &observations);
                 scope.spawn(move || {
+                    // Start only once the observer runs, so it always overlaps
+                    // the workers (on a loaded 2-core machine it could
+                    // otherwise be scheduled after they finish).
+                    while observations.load(Ordering::Relaxed) == 0 {
+                        std::thread::yield_now();
+                    }
                     let mut rng = SmallRng::seed_from_u64(seed ^ ((w as u64 + 1) * 0x9e37_79b9));
                     for _ in 0..OPS_PER_WORKER {
                         let r = match rng.gen_range(0..5) {

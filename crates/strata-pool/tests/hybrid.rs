@@ -681,22 +681,26 @@ fn charged_allocations_from_many_threads_never_exceed_the_budget() {
     let budget: Arc<dyn MemoryPool> = Arc::new(GreedyPool::new(LIMIT_BYTES));
     let pool = Arc::new(unsampled_pool());
     let stop = Arc::new(AtomicBool::new(false));
+    let checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let observer = {
-        let (budget, stop) = (Arc::clone(&budget), Arc::clone(&stop));
+        let (budget, stop, checks) = (Arc::clone(&budget), Arc::clone(&stop), Arc::clone(&checks));
         std::thread::spawn(move || {
-            let mut checks = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let reserved = budget.reserved();
                 assert!(reserved <= LIMIT_BYTES, "budget over its limit: {reserved}");
-                checks += 1;
+                checks.fetch_add(1, Ordering::Relaxed);
             }
-            checks
         })
     };
     let workers: Vec<_> = (0..4u64)
         .map(|t| {
-            let (budget, pool) = (Arc::clone(&budget), Arc::clone(&pool));
+            let (budget, pool, checks) =
+                (Arc::clone(&budget), Arc::clone(&pool), Arc::clone(&checks));
             std::thread::spawn(move || {
+                // Start once the observer runs, so it overlaps the workers.
+                while checks.load(Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
                 let reservation = MemoryConsumer::new(format!("worker-{t}")).register(&budget);
                 let mut rng = SmallRng::seed_from_u64(seed() ^ t);
                 let (mut refused, mut held) = (0u64, Vec::new());
@@ -726,7 +730,8 @@ fn charged_allocations_from_many_threads_never_exceed_the_budget() {
         .collect();
     let refused: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
     stop.store(true, Ordering::Relaxed);
-    assert!(observer.join().unwrap() > 0);
+    observer.join().unwrap();
+    assert!(checks.load(Ordering::Relaxed) > 0);
     assert!(
         refused > 0,
         "the budget was tight enough to refuse some requests"
