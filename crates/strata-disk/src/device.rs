@@ -263,56 +263,27 @@ impl std::error::Error for DeviceError {
     }
 }
 
-impl<D: BlockDevice + ?Sized> BlockDevice for &D {
-    fn block_bytes(&self) -> u64 {
-        (**self).block_bytes()
-    }
-    fn len_bytes(&self) -> u64 {
-        (**self).len_bytes()
-    }
-    fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        (**self).read_at(offset_bytes, buf)
-    }
-    fn write_at(&self, offset_bytes: u64, data: &[u8]) -> Result<(), DeviceError> {
-        (**self).write_at(offset_bytes, data)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        (**self).flush()
-    }
+/// Forwards every method to the device behind a reference or smart pointer.
+macro_rules! forward_block_device {
+    ($($wrapper:ty),* $(,)?) => {$(
+        impl<D: BlockDevice + ?Sized> BlockDevice for $wrapper {
+            fn block_bytes(&self) -> u64 {
+                (**self).block_bytes()
+            }
+            fn len_bytes(&self) -> u64 {
+                (**self).len_bytes()
+            }
+            fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+                (**self).read_at(offset_bytes, buf)
+            }
+            fn write_at(&self, offset_bytes: u64, data: &[u8]) -> Result<(), DeviceError> {
+                (**self).write_at(offset_bytes, data)
+            }
+            fn flush(&self) -> Result<(), DeviceError> {
+                (**self).flush()
+            }
+        }
+    )*};
 }
 
-impl<D: BlockDevice + ?Sized> BlockDevice for Arc<D> {
-    fn block_bytes(&self) -> u64 {
-        (**self).block_bytes()
-    }
-    fn len_bytes(&self) -> u64 {
-        (**self).len_bytes()
-    }
-    fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        (**self).read_at(offset_bytes, buf)
-    }
-    fn write_at(&self, offset_bytes: u64, data: &[u8]) -> Result<(), DeviceError> {
-        (**self).write_at(offset_bytes, data)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        (**self).flush()
-    }
-}
-
-impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
-    fn block_bytes(&self) -> u64 {
-        (**self).block_bytes()
-    }
-    fn len_bytes(&self) -> u64 {
-        (**self).len_bytes()
-    }
-    fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        (**self).read_at(offset_bytes, buf)
-    }
-    fn write_at(&self, offset_bytes: u64, data: &[u8]) -> Result<(), DeviceError> {
-        (**self).write_at(offset_bytes, data)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        (**self).flush()
-    }
-}
+forward_block_device!(&D, Arc<D>, Box<D>);

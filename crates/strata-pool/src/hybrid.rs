@@ -951,12 +951,13 @@ impl HybridPool {
         charge: Option<&'p Reservation>,
         site: &'static Location<'static>,
     ) -> Result<PoolBox<'p>, PoolError> {
-        if let Some(reservation) = charge {
-            Self::check_request(size_bytes, align_bytes)?;
-            // Charge what the block will take: its class, or the request
-            // rounded to the arena granule.
-            let charged =
-                match class_for(size_bytes, align_bytes) {
+        Self::check_request(size_bytes, align_bytes)?;
+        // Charge what the block will take before taking it: its class, or
+        // the request rounded to the arena granule.
+        let charged = match charge {
+            None => 0,
+            Some(reservation) => {
+                let charged = match class_for(size_bytes, align_bytes) {
                     Some(class) => class_size_bytes(class),
                     None => size_bytes.checked_next_multiple_of(PAGE_BYTES).ok_or(
                         PoolError::TooLarge {
@@ -965,39 +966,34 @@ impl HybridPool {
                         },
                     )?,
                 };
-            reservation.try_grow(charged)?;
-            return match self.alloc_fast(size_bytes, align_bytes, site) {
-                Ok((ptr, kind, block_bytes)) => {
-                    // A sampled block may be larger than its class: charge the difference.
-                    if block_bytes > charged {
-                        reservation.grow(block_bytes - charged);
-                    } else if block_bytes < charged {
-                        let _ = reservation.shrink(charged - block_bytes);
-                    }
-                    Ok(PoolBox {
-                        pool: self,
-                        ptr,
-                        len_bytes: size_bytes,
-                        block_bytes,
-                        kind,
-                        charge,
-                    })
-                }
-                Err(error) => {
+                reservation.try_grow(charged)?;
+                charged
+            }
+        };
+        let (ptr, kind, block_bytes) = match self.alloc_fast(size_bytes, align_bytes, site) {
+            Ok(placed) => placed,
+            Err(error) => {
+                if let Some(reservation) = charge {
                     let _ = reservation.shrink(charged);
-                    Err(error)
                 }
-            };
+                return Err(error);
+            }
+        };
+        if let Some(reservation) = charge {
+            // A sampled block may be larger than its class: charge the difference.
+            if block_bytes > charged {
+                reservation.grow(block_bytes - charged);
+            } else if block_bytes < charged {
+                let _ = reservation.shrink(charged - block_bytes);
+            }
         }
-        Self::check_request(size_bytes, align_bytes)?;
-        let (ptr, kind, block_bytes) = self.alloc_fast(size_bytes, align_bytes, site)?;
         Ok(PoolBox {
             pool: self,
             ptr,
             len_bytes: size_bytes,
             block_bytes,
             kind,
-            charge: None,
+            charge,
         })
     }
 
