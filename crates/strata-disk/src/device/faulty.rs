@@ -104,6 +104,13 @@ pub struct FaultStats {
     pub faults_fired: u64,
 }
 
+/// Which kind of access [`FaultyDevice::begin`] checks.
+#[derive(Clone, Copy)]
+enum Op {
+    Read,
+    Write,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Unflushed block contents by block index, each exactly one block long.
@@ -159,6 +166,46 @@ impl<D: BlockDevice> FaultyDevice<D> {
     // A panic inside an operation leaves the state consistent enough for a
     // test harness (the overlay only ever holds whole blocks), so poisoning
     // is ignored.
+    /// The checks every read and write starts with, in order: not crashed,
+    /// a whole-block access inside the device, the operation counted and
+    /// the error-after-N countdown ticked, no injected error on a block of
+    /// the access. Returns the access's blocks as `first..end`.
+    fn begin(
+        &self,
+        state: &mut State,
+        op: Op,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> Result<(u64, u64), DeviceError> {
+        if state.crashed {
+            return Err(DeviceError::Crashed);
+        }
+        let block_bytes = self.block_bytes();
+        check_access(offset_bytes, len_bytes, block_bytes, self.len_bytes())?;
+        let (name, errors) = match op {
+            Op::Read => {
+                state.stats.reads += 1;
+                ("read", &state.read_errors)
+            }
+            Op::Write => {
+                state.stats.writes += 1;
+                ("write", &state.write_errors)
+            }
+        };
+        let first = offset_bytes / block_bytes;
+        let end = first + len_bytes / block_bytes;
+        let bad = errors.range(first..end).next().copied();
+        state.tick(name)?;
+        if let Some(block) = bad {
+            state.stats.faults_fired += 1;
+            return Err(DeviceError::InjectedFault {
+                op: name,
+                block: Some(block),
+            });
+        }
+        Ok((first, end))
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -355,27 +402,8 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
 
     fn read_at(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         let mut state = self.lock();
-        if state.crashed {
-            return Err(DeviceError::Crashed);
-        }
+        let (first, end) = self.begin(&mut state, Op::Read, offset_bytes, buf.len() as u64)?;
         let block_bytes = self.block_bytes();
-        check_access(
-            offset_bytes,
-            buf.len() as u64,
-            block_bytes,
-            self.len_bytes(),
-        )?;
-        state.stats.reads += 1;
-        state.tick("read")?;
-        let first = offset_bytes / block_bytes;
-        let end = first + buf.len() as u64 / block_bytes;
-        if let Some(&block) = state.read_errors.range(first..end).next() {
-            state.stats.faults_fired += 1;
-            return Err(DeviceError::InjectedFault {
-                op: "read",
-                block: Some(block),
-            });
-        }
         self.inner.read_at(offset_bytes, buf)?;
         for (&block, bytes) in state.overlay.range(first..end) {
             let at = ((block - first) * block_bytes) as usize;
@@ -398,27 +426,8 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
 
     fn write_at(&self, offset_bytes: u64, data: &[u8]) -> Result<(), DeviceError> {
         let mut state = self.lock();
-        if state.crashed {
-            return Err(DeviceError::Crashed);
-        }
+        let (first, end) = self.begin(&mut state, Op::Write, offset_bytes, data.len() as u64)?;
         let block_bytes = self.block_bytes();
-        check_access(
-            offset_bytes,
-            data.len() as u64,
-            block_bytes,
-            self.len_bytes(),
-        )?;
-        state.stats.writes += 1;
-        state.tick("write")?;
-        let first = offset_bytes / block_bytes;
-        let end = first + data.len() as u64 / block_bytes;
-        if let Some(&block) = state.write_errors.range(first..end).next() {
-            state.stats.faults_fired += 1;
-            return Err(DeviceError::InjectedFault {
-                op: "write",
-                block: Some(block),
-            });
-        }
         let armed: Vec<(u64, u64)> = state
             .torn_armed
             .range(first..end)
