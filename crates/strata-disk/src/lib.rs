@@ -11,8 +11,13 @@
 //!   bitmap, crash-safe commits. Bad-block remapping (remap table, spare
 //!   pool) has its blocks reserved and is still to come; see
 //!   `docs/disk-format.md`.
+//! - [`remap`]: bad-block remapping without I/O: the spare pool, the remap
+//!   table (PENDING/ACTIVE entries, O(1) lookups on snapshots readers take
+//!   without blocking the writer), request routing, and the checksummed,
+//!   sequence-numbered encoding of a table copy with recovery.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod device;
 pub mod record;
+pub mod remap;
 pub mod store;
