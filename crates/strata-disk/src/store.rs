@@ -2,10 +2,10 @@
 //! crash-safe persisted allocation map.
 //!
 //! Layout (byte by byte in `docs/disk-format.md`, "Extent store"): two
-//! superblock copies (blocks 0 and 1), two bitmap slots, room for the remap
-//! table copies and the spare pool (reserved, not used yet), then the data
-//! area. Everything before the data area is reserved in the
-//! [`BlockBitmap`], so the allocator can never hand it out.
+//! superblock copies (blocks 0 and 1), two bitmap slots, two remap table
+//! copies, the spare pool, then the data area. Everything before the data
+//! area is reserved in the [`BlockBitmap`], so the allocator can never hand
+//! it out.
 //!
 //! - [`ExtentStore::put`] encodes a spill record ([`record::encode_into`]),
 //!   pads it to whole blocks, allocates an extent next-fit (so spills land
@@ -28,9 +28,19 @@
 //! After a crash, [`ExtentStore::open`] recovers exactly the last committed
 //! state: records put after it are not allocated, frees after it are undone.
 //!
-//! Not built yet (next session): bad-block remapping. The remap table
-//! copies and the spare pool have their blocks reserved and their geometry
-//! recorded in the superblock, and nothing reads or writes them.
+//! **Bad-block remapping.** Every data read and write is routed through the
+//! remap table ([`crate::remap`]): a request is split into runs of normal
+//! blocks and single remapped blocks, each served from its spare. When a
+//! data-block write fails with a media error (an I/O error, or an injected
+//! fault naming a block), `put` rewrites the failing run block by block and,
+//! for each block that fails: takes a spare, records the remap PENDING,
+//! writes and flushes both table copies, makes the entry ACTIVE, and retries
+//! that block's write on the spare; only then does the put go on (and
+//! return `Ok`). Several failures in one put each get their own entry, in
+//! block order. Remaps are permanent and durable at once (independent of
+//! `commit`). When the pool is empty the put fails with
+//! [`StoreError::SparesExhausted`] and releases its extent; nothing stored
+//! changes, and [`StoreStats::bad_blocks`] exceeds [`StoreStats::remaps`].
 //!
 //! ```
 //! use strata_disk::device::MemDevice;
@@ -65,10 +75,14 @@ use std::fmt;
 pub use strata_bitmap::Extent;
 use strata_bitmap::{BitmapError, BlockBitmap, ImageError, CHUNK_BLOCKS};
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::device::{BlockDevice, DeviceError, BLOCK_BYTES_MIN};
 use crate::record::{
     self, ChecksumKind, CodecPolicy, DecodedRecord, RecordError, RecordLocation, RecordMeta,
 };
+use crate::remap::{self, RemapError, RemapState, RemapTable, RouteRun, SparePool};
 
 /// The first 8 bytes of each superblock copy.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"STRSUPR1";
@@ -80,7 +94,8 @@ pub const SUPERBLOCK_LEN_BYTES: usize = 168;
 pub const SUPERBLOCK_COPIES: u64 = 2;
 /// Number of bitmap slots; commits alternate between them.
 pub const BITMAP_SLOTS: u64 = 2;
-/// Number of remap table copies reserved in the metadata area (not used yet).
+/// Number of remap table copies in the metadata area. Table writes put
+/// sequence `k` into copy `k % REMAP_TABLE_COPIES`.
 pub const REMAP_TABLE_COPIES: u64 = 2;
 /// Bytes of a remap table copy's header, reserved for the remap format.
 pub const REMAP_HEADER_BYTES: u64 = 64;
@@ -169,12 +184,12 @@ pub struct Layout {
     pub slot_blocks: u64,
     /// First block of each bitmap slot.
     pub slot_start: [u64; 2],
-    /// Blocks per remap table copy (reserved).
+    /// Blocks per remap table copy.
     pub remap_copy_blocks: u64,
     /// First block of the first remap table copy; copy `i` starts at
     /// `remap_start + i * remap_copy_blocks`.
     pub remap_start: u64,
-    /// First block of the spare pool (reserved).
+    /// First block of the spare pool.
     pub spare_start: u64,
     /// Blocks in the spare pool.
     pub spare_blocks: u64,
@@ -233,6 +248,11 @@ impl Layout {
     pub fn data_blocks(&self) -> u64 {
         self.device_blocks - self.data_start
     }
+
+    /// Bytes of one remap table copy (`remap_copy_blocks` whole blocks).
+    pub fn remap_copy_bytes(&self) -> usize {
+        (self.remap_copy_blocks * self.block_bytes) as usize
+    }
 }
 
 /// Most bytes a slot's content needs on a device of `device_blocks`: the
@@ -267,6 +287,25 @@ pub struct StoreStats {
     pub records: u64,
     /// Sequence number of the last durable superblock.
     pub sequence: u64,
+    /// ACTIVE remaps: bad data blocks served from a spare.
+    pub remaps: u64,
+    /// PENDING remaps (non-zero only after a failed table write, until the
+    /// store is reopened).
+    pub pending: u64,
+    /// Spare blocks still free.
+    pub spares_left: u64,
+    /// Blocks in the spare pool.
+    pub spares_total: u64,
+    /// Data blocks known bad: the remapped ones plus those found bad this
+    /// session when no spare was left.
+    pub bad_blocks: u64,
+    /// Data-area reads by `get` that failed with a device error, this session.
+    pub read_errors: u64,
+    /// Data-block writes that failed, counted per block after a failed run
+    /// is split, this session.
+    pub write_errors: u64,
+    /// `get`s whose record failed its header or payload checksum, this session.
+    pub checksum_failures: u64,
 }
 
 /// Why a superblock copy was rejected at open.
@@ -462,10 +501,44 @@ pub enum StoreError {
         /// What is wrong, with the values.
         reason: String,
     },
-    /// An earlier commit failed part way; the on-disk state is the last
-    /// committed one or the attempted one. Reads still work; reopen the
-    /// store to write again.
+    /// An earlier commit or remap table write failed part way; the on-disk
+    /// state is the last committed one or the attempted one. Reads still
+    /// work; reopen the store to write again.
     NeedsReopen,
+    /// A data block's write failed and every spare is in use. The put
+    /// failed and released its extent; nothing stored changed.
+    SparesExhausted {
+        /// The data block whose write failed.
+        bad_block: u64,
+        /// Blocks in the spare pool (all in use).
+        spares_total: u64,
+    },
+    /// The write of a remapped block to its spare failed too. The put
+    /// failed and released its extent; the remap stays (a spare is never
+    /// replaced), so later writes to this block keep failing.
+    SpareWriteFailed {
+        /// The bad data block.
+        bad_block: u64,
+        /// Its spare.
+        spare_block: u64,
+        /// The device error.
+        source: DeviceError,
+    },
+    /// Neither remap table copy is valid, or the recovered table does not
+    /// fit the layout (open).
+    RemapTable {
+        /// The remap error.
+        source: RemapError,
+    },
+    /// The recovered remap table names a bad block outside the data area.
+    RemapOutsideData {
+        /// The bad block named.
+        bad_block: u64,
+        /// First block of the data area.
+        data_start: u64,
+        /// Blocks on the device.
+        device_blocks: u64,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -539,7 +612,35 @@ impl fmt::Display for StoreError {
             }
             StoreError::NeedsReopen => write!(
                 f,
-                "an earlier commit failed part way; reopen the extent store before writing"
+                "an earlier commit or remap table write failed part way; reopen the extent store \
+                 before writing"
+            ),
+            StoreError::SparesExhausted {
+                bad_block,
+                spares_total,
+            } => write!(
+                f,
+                "write to bad block {bad_block} failed and all {spares_total} spare blocks are in \
+                 use; the put was refused"
+            ),
+            StoreError::SpareWriteFailed {
+                bad_block,
+                spare_block,
+                source,
+            } => write!(
+                f,
+                "write to spare block {spare_block} (replacing bad block {bad_block}) failed: \
+                 {source}"
+            ),
+            StoreError::RemapTable { source } => write!(f, "extent store remap table: {source}"),
+            StoreError::RemapOutsideData {
+                bad_block,
+                data_start,
+                device_blocks,
+            } => write!(
+                f,
+                "remap table names bad block {bad_block}, outside the data area \
+                 {data_start}..{device_blocks}"
             ),
         }
     }
@@ -548,7 +649,10 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StoreError::Device { source, .. } => Some(source),
+            StoreError::Device { source, .. } | StoreError::SpareWriteFailed { source, .. } => {
+                Some(source)
+            }
+            StoreError::RemapTable { source } => Some(source),
             StoreError::Encode { source } | StoreError::Record { source, .. } => Some(source),
             StoreError::Bitmap { source } => Some(source),
             StoreError::BitmapImage { source, .. } => Some(source),
@@ -559,6 +663,16 @@ impl std::error::Error for StoreError {
 
 fn device_error(op: &'static str) -> impl FnOnce(DeviceError) -> StoreError {
     move |source| StoreError::Device { op, source }
+}
+
+/// Whether a failed write means the block itself is bad (so remapping it
+/// helps): an I/O error, or an injected fault naming a block. A crash, a
+/// refused access or a fault not tied to a block is not.
+fn is_media_error(error: &DeviceError) -> bool {
+    matches!(
+        error,
+        DeviceError::Io { .. } | DeviceError::InjectedFault { block: Some(_), .. }
+    )
 }
 
 fn xxh3(bytes: &[u8]) -> u64 {
@@ -753,6 +867,19 @@ pub struct ExtentStore<D: BlockDevice> {
     needs_reopen: bool,
     /// Reused encode buffer.
     scratch: Vec<u8>,
+    /// Bad data blocks and their spares.
+    table: RemapTable,
+    /// Free spares.
+    spares: SparePool,
+    /// Sequence number of the newest remap table copy written (held in copy
+    /// `remap_sequence % REMAP_TABLE_COPIES`).
+    remap_sequence: u64,
+    /// Data blocks found bad this session with no spare left for them.
+    unmapped_bad: BTreeSet<u64>,
+    /// Counters for [`StoreStats`]; atomics because `get` takes `&self`.
+    read_errors: AtomicU64,
+    write_errors: u64,
+    checksum_failures: AtomicU64,
 }
 
 impl<D: BlockDevice> ExtentStore<D> {
@@ -789,9 +916,21 @@ impl<D: BlockDevice> ExtentStore<D> {
             cursor: layout.data_start,
             needs_reopen: false,
             scratch: Vec::new(),
+            table: RemapTable::new(remap::max_entries(layout.remap_copy_bytes())),
+            spares: SparePool::new(layout.spare_start, layout.spare_blocks)
+                .map_err(|source| StoreError::RemapTable { source })?,
+            remap_sequence: 0,
+            unmapped_bad: BTreeSet::new(),
+            read_errors: AtomicU64::new(0),
+            write_errors: 0,
+            checksum_failures: AtomicU64::new(0),
         };
-        // Slot 0, then both superblock copies (sequence 1) pointing at it,
-        // so no copy of an older store on the device survives.
+        // Empty remap tables (sequences 0 and 1, each in its copy), slot 0,
+        // then both superblock copies (sequence 1) pointing at it, so no
+        // copy of an older store on the device survives.
+        for sequence in 0..REMAP_TABLE_COPIES {
+            store.write_remap_copy(sequence)?;
+        }
         let (slot_bytes, image_len_bytes) = store.slot_content(&store.bitmap);
         store.write_slot(0, &slot_bytes)?;
         let commit = Commit {
@@ -865,6 +1004,9 @@ impl<D: BlockDevice> ExtentStore<D> {
             .map_err(|source| StoreError::BitmapImage { slot, source })?;
         let live = recover_records(&bitmap, start_map, &layout)
             .map_err(|reason| StoreError::SlotInconsistent { slot, reason })?;
+        let (remap_sequence, table) = read_remap_table(&device, &layout)?;
+        let spares = SparePool::from_table(layout.spare_start, layout.spare_blocks, &table)
+            .map_err(|source| StoreError::RemapTable { source })?;
         let store = ExtentStore {
             device,
             config,
@@ -876,18 +1018,30 @@ impl<D: BlockDevice> ExtentStore<D> {
             cursor: commit.cursor,
             needs_reopen: false,
             scratch: Vec::new(),
+            table,
+            spares,
+            remap_sequence,
+            unmapped_bad: BTreeSet::new(),
+            read_errors: AtomicU64::new(0),
+            write_errors: 0,
+            checksum_failures: AtomicU64::new(0),
         };
         Ok(store)
     }
 
     /// Encodes `payload` as a spill record, allocates an extent for it
-    /// (next-fit) and writes it. Durable once the next
+    /// (next-fit) and writes it, remapping blocks whose write fails (see the
+    /// module documentation). Durable once the next
     /// [`commit`](Self::commit) returns `Ok`.
     ///
-    /// Errors (nothing changes): [`StoreError::Encode`],
+    /// Errors (no record changes): [`StoreError::Encode`],
     /// [`StoreError::CapExceeded`] (checked first),
-    /// [`StoreError::NoSpace`], [`StoreError::Device`] (the extent is
-    /// released again), [`StoreError::NeedsReopen`].
+    /// [`StoreError::NoSpace`], [`StoreError::NeedsReopen`]; after the
+    /// extent is allocated (it is released again):
+    /// [`StoreError::Device`] (not a media error, or a remap table write
+    /// failed: then the store needs reopening),
+    /// [`StoreError::SparesExhausted`], [`StoreError::SpareWriteFailed`].
+    /// Remaps made before such an error stay: a bad block stays bad.
     pub fn put(&mut self, payload: &[u8], meta: &RecordMeta) -> Result<Extent, StoreError> {
         if self.needs_reopen {
             return Err(StoreError::NeedsReopen);
@@ -922,17 +1076,14 @@ impl<D: BlockDevice> ExtentStore<D> {
                 largest_free_run_blocks: self.bitmap.largest_free_run_blocks(),
             });
         };
-        if let Err(source) = self
-            .device
-            .write_at(extent.start * block_bytes, &self.scratch)
-        {
+        let bytes = std::mem::take(&mut self.scratch);
+        let written = self.write_data(extent, &bytes);
+        self.scratch = bytes;
+        if let Err(error) = written {
             self.bitmap
                 .free_extent(extent)
                 .expect("an extent just allocated can be freed");
-            return Err(StoreError::Device {
-                op: "write record",
-                source,
-            });
+            return Err(error);
         }
         self.live.insert(extent.start, extent.len);
         self.cursor = if extent.end() >= self.layout.device_blocks {
@@ -951,14 +1102,149 @@ impl<D: BlockDevice> ExtentStore<D> {
         }
         let block_bytes = self.layout.block_bytes;
         let mut bytes = vec![0u8; (extent.len * block_bytes) as usize];
-        self.device
-            .read_at(extent.start * block_bytes, &mut bytes)
-            .map_err(device_error("read record"))?;
+        for run in self.route(extent)? {
+            let at = ((run.logical_block - extent.start) * block_bytes) as usize;
+            let len = (run.len_blocks * block_bytes) as usize;
+            if let Err(source) = self
+                .device
+                .read_at(run.device_block * block_bytes, &mut bytes[at..at + len])
+            {
+                self.read_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Device {
+                    op: "read record",
+                    source,
+                });
+            }
+        }
         let location = RecordLocation {
             start_block: extent.start,
             len_blocks: extent.len,
         };
-        record::decode(&bytes, location).map_err(|source| StoreError::Record { extent, source })
+        record::decode(&bytes, location).map_err(|source| {
+            if matches!(
+                source,
+                RecordError::HeaderChecksum { .. } | RecordError::PayloadChecksum { .. }
+            ) {
+                self.checksum_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            StoreError::Record { extent, source }
+        })
+    }
+
+    /// The runs of `extent` on the device: normal blocks in place, remapped
+    /// blocks on their spares.
+    fn route(&self, extent: Extent) -> Result<Vec<RouteRun>, StoreError> {
+        Ok(self
+            .table
+            .route(extent.start, extent.len)
+            .map_err(|source| StoreError::RemapTable { source })?
+            .collect())
+    }
+
+    /// Writes `bytes` (whole blocks) at `extent`, run by run through the
+    /// remap table. A run whose write fails is rewritten block by block,
+    /// and each block that fails with a media error is remapped
+    /// ([`Self::remap_and_write`]).
+    fn write_data(&mut self, extent: Extent, bytes: &[u8]) -> Result<(), StoreError> {
+        let block_bytes = self.layout.block_bytes;
+        for run in self.route(extent)? {
+            let at = ((run.logical_block - extent.start) * block_bytes) as usize;
+            let data = &bytes[at..at + (run.len_blocks * block_bytes) as usize];
+            if self
+                .device
+                .write_at(run.device_block * block_bytes, data)
+                .is_ok()
+            {
+                continue;
+            }
+            for (i, block) in data.chunks_exact(block_bytes as usize).enumerate() {
+                let logical_block = run.logical_block + i as u64;
+                let device_block = run.device_block + i as u64;
+                let Err(source) = self.device.write_at(device_block * block_bytes, block) else {
+                    continue;
+                };
+                self.write_errors += 1;
+                if device_block != logical_block {
+                    return Err(StoreError::SpareWriteFailed {
+                        bad_block: logical_block,
+                        spare_block: device_block,
+                        source,
+                    });
+                }
+                if !is_media_error(&source) {
+                    return Err(StoreError::Device {
+                        op: "write record",
+                        source,
+                    });
+                }
+                self.remap_and_write(logical_block, block)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remaps `bad_block` and writes `block` to its spare: take a spare,
+    /// record the remap PENDING, write and flush both table copies, make the
+    /// entry ACTIVE, write the block on the spare. A failed table write
+    /// leaves the entry PENDING and the store needing a reopen (the copies
+    /// on disk may or may not hold the entry; `open` recovers either).
+    fn remap_and_write(&mut self, bad_block: u64, block: &[u8]) -> Result<(), StoreError> {
+        let spare_block = match self.spares.take() {
+            Ok(spare_block) => spare_block,
+            Err(RemapError::SparesExhausted { spares_total }) => {
+                self.unmapped_bad.insert(bad_block);
+                return Err(StoreError::SparesExhausted {
+                    bad_block,
+                    spares_total,
+                });
+            }
+            Err(source) => return Err(StoreError::RemapTable { source }),
+        };
+        // Cannot fail: the block is a data block with no entry (it was
+        // routed to itself and no entry is PENDING while writes are
+        // allowed), the spare is free, and the table holds one entry per
+        // spare.
+        self.table
+            .begin(bad_block, spare_block)
+            .unwrap_or_else(|e| panic!("remap of {bad_block} to spare {spare_block}: {e}"));
+        for _ in 0..REMAP_TABLE_COPIES {
+            if let Err(error) = self.write_remap_copy(self.remap_sequence + 1) {
+                self.needs_reopen = true;
+                return Err(error);
+            }
+        }
+        self.table
+            .activate(bad_block)
+            .unwrap_or_else(|e| panic!("activate remap of {bad_block}: {e}"));
+        let block_bytes = self.layout.block_bytes;
+        self.device
+            .write_at(spare_block * block_bytes, block)
+            .map_err(|source| {
+                self.write_errors += 1;
+                StoreError::SpareWriteFailed {
+                    bad_block,
+                    spare_block,
+                    source,
+                }
+            })
+    }
+
+    /// Writes the table as copy `sequence % REMAP_TABLE_COPIES` with
+    /// `sequence`, zero-padded to the copy's blocks, then flushes.
+    fn write_remap_copy(&mut self, sequence: u64) -> Result<(), StoreError> {
+        let block_bytes = self.layout.block_bytes;
+        let mut bytes = self.table.encode_copy(sequence);
+        bytes.resize(self.layout.remap_copy_bytes(), 0);
+        let copy = sequence % REMAP_TABLE_COPIES;
+        let start_block = self.layout.remap_start + copy * self.layout.remap_copy_blocks;
+        self.device
+            .write_at(start_block * block_bytes, &bytes)
+            .map_err(device_error("write remap table"))?;
+        self.device
+            .flush()
+            .map_err(device_error("flush remap table"))?;
+        self.remap_sequence = sequence;
+        Ok(())
     }
 
     /// Forgets the record at `extent` (exactly as `put` returned it). Its
@@ -1075,6 +1361,7 @@ impl<D: BlockDevice> ExtentStore<D> {
     pub fn stats(&self) -> StoreStats {
         let block_bytes = self.layout.block_bytes;
         let pending: u64 = self.pending_free.iter().map(|e| e.len).sum();
+        let remap_stats = remap::RemapStats::collect(&self.table, &self.spares);
         StoreStats {
             block_bytes,
             capacity_bytes: self.layout.data_blocks() * block_bytes,
@@ -1084,6 +1371,14 @@ impl<D: BlockDevice> ExtentStore<D> {
             cap_bytes: self.config.cap_bytes,
             records: self.live.len() as u64,
             sequence: self.committed.sequence,
+            remaps: remap_stats.remaps,
+            pending: remap_stats.pending,
+            spares_left: remap_stats.spares_left,
+            spares_total: remap_stats.spares_total,
+            bad_blocks: self.table.len() as u64 + self.unmapped_bad.len() as u64,
+            read_errors: self.read_errors.load(Ordering::Relaxed),
+            write_errors: self.write_errors,
+            checksum_failures: self.checksum_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -1115,8 +1410,51 @@ impl<D: BlockDevice> ExtentStore<D> {
     /// - live records and pending frees are disjoint, inside the data area,
     ///   and every block of them is allocated;
     /// - allocated blocks are exactly those of live records and pending frees;
-    /// - the cursor lies in the data area.
+    /// - the cursor lies in the data area;
+    /// - the remap table's and spare pool's own invariants; every entry maps
+    ///   a data block to a spare-pool block; spares in use equal entries; no
+    ///   entry is PENDING unless the store needs reopening; blocks found bad
+    ///   without a spare are data blocks with no entry.
     pub fn check_invariants(&self) {
+        self.table.check_invariants();
+        self.spares.check_invariants();
+        let layout = &self.layout;
+        assert_eq!(
+            self.spares.spares_left() + self.table.len() as u64,
+            layout.spare_blocks,
+            "{} spares left + {} remap entries != {} spare blocks",
+            self.spares.spares_left(),
+            self.table.len(),
+            layout.spare_blocks
+        );
+        for entry in self.table.entries() {
+            assert!(
+                entry.bad_block >= layout.data_start
+                    && entry.bad_block < layout.device_blocks
+                    && entry.spare_block >= layout.spare_start
+                    && entry.spare_block < layout.spare_start + layout.spare_blocks,
+                "remap entry {entry:?} outside data area {}..{} or spare pool {}+{}",
+                layout.data_start,
+                layout.device_blocks,
+                layout.spare_start,
+                layout.spare_blocks
+            );
+            assert!(
+                entry.state == RemapState::Active || self.needs_reopen,
+                "remap entry {entry:?} PENDING while the store accepts writes"
+            );
+        }
+        for &block in &self.unmapped_bad {
+            assert!(
+                block >= layout.data_start
+                    && block < layout.device_blocks
+                    && self.table.entry(block).is_none(),
+                "unmapped bad block {block} outside the data area {}..{} or remapped ({:?})",
+                layout.data_start,
+                layout.device_blocks,
+                self.table.entry(block)
+            );
+        }
         self.bitmap.check_invariants();
         let layout = &self.layout;
         assert_eq!(
@@ -1166,6 +1504,39 @@ impl<D: BlockDevice> ExtentStore<D> {
             layout.device_blocks
         );
     }
+}
+
+/// Reads both remap table copies and recovers the table (PENDING entries
+/// made ACTIVE, see [`remap::recover`]); checks every bad block lies in the
+/// data area. A copy that cannot be read counts as empty (truncated).
+fn read_remap_table<D: BlockDevice>(
+    device: &D,
+    layout: &Layout,
+) -> Result<(u64, RemapTable), StoreError> {
+    let block_bytes = layout.block_bytes;
+    let copies: Vec<Vec<u8>> = (0..REMAP_TABLE_COPIES)
+        .map(|copy| {
+            let mut bytes = vec![0u8; layout.remap_copy_bytes()];
+            let start_block = layout.remap_start + copy * layout.remap_copy_blocks;
+            match device.read_at(start_block * block_bytes, &mut bytes) {
+                Ok(()) => bytes,
+                Err(_) => Vec::new(),
+            }
+        })
+        .collect();
+    let slices: Vec<&[u8]> = copies.iter().map(Vec::as_slice).collect();
+    let (sequence, table) =
+        remap::recover(&slices).map_err(|source| StoreError::RemapTable { source })?;
+    for entry in table.entries() {
+        if entry.bad_block < layout.data_start || entry.bad_block >= layout.device_blocks {
+            return Err(StoreError::RemapOutsideData {
+                bad_block: entry.bad_block,
+                data_start: layout.data_start,
+                device_blocks: layout.device_blocks,
+            });
+        }
+    }
+    Ok((sequence, table))
 }
 
 /// Rebuilds the live records from a bitmap and its record-start map, and
