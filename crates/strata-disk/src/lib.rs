@@ -8,9 +8,10 @@
 //!   verified on every read.
 //! - [`store`]: the extent store: records in extents allocated next-fit,
 //!   a temp-space cap, superblocks in two copies and a persisted allocation
-//!   bitmap, crash-safe commits. Bad-block remapping (remap table, spare
-//!   pool) has its blocks reserved and is still to come; see
-//!   `docs/disk-format.md`.
+//!   bitmap, crash-safe commits, and bad-block remapping: a data block whose
+//!   write fails is remapped to a spare (the table copies are written and
+//!   flushed before the write is retried and acknowledged) and reads are
+//!   routed through the table; see `docs/disk-format.md`.
 //! - [`remap`]: bad-block remapping without I/O: the spare pool, the remap
 //!   table (PENDING/ACTIVE entries, O(1) lookups on snapshots readers take
 //!   without blocking the writer), request routing, and the checksummed,
