@@ -20,6 +20,8 @@
 //! - throughput rows (`unit == "ops/s"`, metric `throughput`): higher is
 //!   better, so a ratio above 1 means more operations per second than the
 //!   baseline (for the 2-thread row, the scaling factor over 1 thread);
+//! - data throughput rows (`unit == "MB/s"`, metric `throughput`): higher
+//!   is better, like operation throughputs;
 //! - cost rows (`unit` `"ms"`, `"B/alloc"`, `"B/sample"` or `"x"`): lower is
 //!   better, like latencies.
 
@@ -29,6 +31,7 @@ use serde::Serialize;
 
 mod bitmap_suite;
 pub mod churn;
+mod disk_suite;
 mod flat;
 mod held;
 mod pool_suite;
@@ -37,7 +40,7 @@ pub mod stats;
 pub use flat::{FlatBitmap, FlatError};
 
 /// Names of the suites [`run_suite`] knows, in the order they are listed.
-pub const SUITES: &[&str] = &["bitmap", "pool"];
+pub const SUITES: &[&str] = &["bitmap", "pool", "disk"];
 
 /// Metric name of a median latency row.
 pub const METRIC_MEDIAN: &str = "median";
@@ -67,6 +70,8 @@ pub const UNIT_BYTES_PER_SAMPLE: &str = "B/sample";
 pub const UNIT_RATIO: &str = "x";
 /// Unit of a count of sampled allocations.
 pub const UNIT_SAMPLES: &str = "samples";
+/// Unit of data throughput rows: megabytes (10^6 bytes) per second.
+pub const UNIT_MB_PER_S: &str = "MB/s";
 
 /// One measured figure of a suite.
 ///
@@ -81,7 +86,7 @@ pub struct BenchResult {
     pub metric: String,
     /// The measured value, in `unit`.
     pub value: f64,
-    /// `"ns"` for latencies, `"ops/s"` for throughputs; see the `UNIT_*`
+    /// `"ns"` for latencies, `"ops/s"` or `"MB/s"` for throughputs; see the `UNIT_*`
     /// constants for the others.
     pub unit: String,
     /// Name of the row this one is compared against, if any.
@@ -222,6 +227,7 @@ pub fn run_suite(
     match name {
         "bitmap" => bitmap_suite::run(options, progress),
         "pool" => pool_suite::run(options, progress),
+        "disk" => disk_suite::run(options, progress),
         _ => Err(BenchError::UnknownSuite {
             name: name.to_owned(),
             known: SUITES,

@@ -14,7 +14,10 @@ fn unknown_suite_fails_and_names_the_known_suites() {
     assert!(output.stdout.is_empty(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nosuch"), "{stderr}");
-    assert!(stderr.contains("known suites: bitmap, pool"), "{stderr}");
+    assert!(
+        stderr.contains("known suites: bitmap, pool, disk"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -152,4 +155,36 @@ fn stats_prints_the_pool_and_process_figures() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+}
+
+/// `strata bench disk --smoke --json`: tiny files in the temp directory;
+/// the output is the documented JSON and every store row has its baseline.
+#[test]
+fn bench_disk_smoke_json_parses() {
+    let output = strata()
+        .args(["bench", "disk", "--smoke", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["suite"], "disk", "{report}");
+    let results = report["results"].as_array().unwrap();
+    assert!(!results.is_empty(), "{report}");
+    for row in results {
+        let name = row["name"].as_str().unwrap();
+        assert!(row["value"].as_f64().unwrap().is_finite(), "{row}");
+        if name.starts_with("spill")
+            && (name.ends_with(": store buffered") || name.ends_with(": store O_DIRECT"))
+        {
+            assert!(row["baseline"].as_str().is_some(), "{row}");
+            assert!(row["ratio"].as_f64().is_some(), "{row}");
+        }
+    }
+    assert!(
+        results
+            .iter()
+            .any(|r| r["unit"] == "MB/s" && r["metric"] == "throughput"),
+        "{report}"
+    );
+    assert!(!report["notes"].as_array().unwrap().is_empty(), "{report}");
 }
