@@ -158,13 +158,7 @@ pub(crate) fn run(
     options: &BenchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<SuiteReport, BenchError> {
-    let (budget, mode) = if options.smoke {
-        (BUDGET_SMOKE, "smoke")
-    } else if options.quick {
-        (BUDGET_QUICK, "quick")
-    } else {
-        (BUDGET_FULL, "full")
-    };
+    let (budget, mode) = options.pick(BUDGET_SMOKE, BUDGET_QUICK, BUDGET_FULL);
     let mut report = SuiteReport {
         suite: SUITE.to_owned(),
         results: Vec::new(),

@@ -166,6 +166,20 @@ pub struct BenchOptions {
     pub heap_bytes: Option<HeapProbe>,
 }
 
+impl BenchOptions {
+    /// The settings for this mode out of the three a suite defines, and the
+    /// mode's name for the report's notes.
+    pub fn pick<T>(&self, smoke: T, quick: T, full: T) -> (T, &'static str) {
+        if self.smoke {
+            (smoke, "smoke")
+        } else if self.quick {
+            (quick, "quick")
+        } else {
+            (full, "full")
+        }
+    }
+}
+
 /// Why a suite could not produce a report.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
