@@ -994,6 +994,7 @@ impl HybridPool {
             block_bytes,
             kind,
             charge,
+            initialised: false,
         })
     }
 
@@ -1451,6 +1452,9 @@ pub struct PoolBox<'p> {
     block_bytes: u64,
     kind: BlockKind,
     charge: Option<&'p Reservation>,
+    /// Whether every requested byte has been written (by
+    /// [`PoolBox::zeroed`] or [`PoolBox::as_bytes_mut`]).
+    initialised: bool,
 }
 
 // SAFETY: a PoolBox owns its block exclusively, like a Box<[u8]>; the pool
@@ -1498,8 +1502,42 @@ impl PoolBox<'_> {
         // slice is formed.
         unsafe {
             std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.len_bytes as usize);
-            std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len_bytes as usize)
         }
+        self.initialised = true;
+        // SAFETY: every byte was just written.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len_bytes as usize) }
+    }
+
+    /// The block as writable bytes: zeroed on the first call (so a block
+    /// never shows an earlier owner's bytes), as last written afterwards.
+    ///
+    /// ```
+    /// use strata_pool::{HybridPool, PoolConfig};
+    ///
+    /// let pool = HybridPool::new(PoolConfig::default()).unwrap();
+    /// let mut block = pool.alloc(64).unwrap();
+    /// assert!(block.as_bytes().is_none());
+    /// block.as_bytes_mut()[0] = 7;
+    /// assert_eq!(block.as_bytes_mut()[0], 7); // not zeroed again
+    /// assert_eq!(block.as_bytes().unwrap()[..2], [7, 0]);
+    /// ```
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        if self.initialised {
+            // SAFETY: the block holds `len_bytes` bytes owned by this handle,
+            // all written before (`initialised`).
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len_bytes as usize) }
+        } else {
+            self.zeroed()
+        }
+    }
+
+    /// The block as bytes, once initialised ([`PoolBox::as_bytes_mut`] or
+    /// [`PoolBox::zeroed`]); `None` before.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        // SAFETY: as in `as_bytes_mut`; shared access only reads.
+        self.initialised.then(|| unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr(), self.len_bytes as usize)
+        })
     }
 
     /// The device of the pool that owns the block.
