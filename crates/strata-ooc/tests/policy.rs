@@ -469,7 +469,10 @@ fn random_op(
 const MODEL_SEEDS: u64 = 30;
 const MODEL_OPS: usize = 1500;
 
-fn against_model(make: fn() -> (Box<dyn EvictionPolicy>, Box<dyn Model>)) {
+/// Makes a fresh policy and its model.
+type PolicyAndModel = fn() -> (Box<dyn EvictionPolicy>, Box<dyn Model>);
+
+fn against_model(make: PolicyAndModel) {
     for seed in 0..MODEL_SEEDS {
         let mut rng = SmallRng::seed_from_u64(seed);
         let (mut policy, mut model) = make();

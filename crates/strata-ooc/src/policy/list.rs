@@ -219,3 +219,73 @@ impl List {
         order
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// Random pushes and unlinks against a `VecDeque`, two lists sharing
+    /// one slab, nodes moving between them.
+    #[test]
+    fn lists_match_a_deque() {
+        let mut state = 0x1234_5678_u64;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        let mut slab = Slab::default();
+        let mut lists = [List::default(), List::default()];
+        // Newest first, as (node, key).
+        let mut models: [VecDeque<(usize, u64)>; 2] = [VecDeque::new(), VecDeque::new()];
+        for step in 0..5000_u64 {
+            let which = next(2);
+            match next(3) {
+                0 => {
+                    let node = slab.insert(ChunkKey(step), 0, 0);
+                    lists[which].push_newest(&mut slab, node);
+                    models[which].push_front((node, step));
+                }
+                choice if !models[which].is_empty() => {
+                    let slot = next(models[which].len());
+                    let (node, key) = models[which].remove(slot).unwrap();
+                    lists[which].unlink(&mut slab, node);
+                    if choice == 1 {
+                        slab.release(node);
+                    } else {
+                        lists[1 - which].push_newest(&mut slab, node);
+                        models[1 - which].push_front((node, key));
+                    }
+                }
+                _ => {}
+            }
+            let mut linked = HashSet::new();
+            for (list, model) in lists.iter().zip(&models) {
+                let order = list.check(&slab, "test");
+                let expected: Vec<usize> = model.iter().rev().map(|&(node, _)| node).collect();
+                assert_eq!(order, expected, "step {step}");
+                for &(node, key) in model {
+                    assert_eq!(slab.get(node).key, ChunkKey(key), "step {step}");
+                }
+                assert_eq!(list.oldest(), expected.first().copied(), "step {step}");
+                linked.extend(order);
+            }
+            slab.check(&linked, "test");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "linked nodes")]
+    fn check_catches_a_leaked_node() {
+        let mut slab = Slab::default();
+        let mut list = List::default();
+        let node = slab.insert(ChunkKey(1), 0, 0);
+        list.push_newest(&mut slab, node);
+        slab.insert(ChunkKey(2), 0, 0); // never linked, never released
+        let linked: HashSet<usize> = list.check(&slab, "test").into_iter().collect();
+        slab.check(&linked, "test");
+    }
+}

@@ -79,7 +79,11 @@ pub struct MinPolicy {
 
 impl MinPolicy {
     /// A policy with no schedule: until [`set_schedule`](Self::set_schedule),
-    /// every decision is the fallback's. The fallback must be empty.
+    /// every decision is the fallback's.
+    ///
+    /// # Panics
+    ///
+    /// If `fallback` already holds keys (the two groups would disagree).
     pub fn new(fallback: Box<dyn EvictionPolicy>) -> Self {
         assert!(
             fallback.is_empty(),
@@ -104,7 +108,7 @@ impl MinPolicy {
     pub fn set_schedule(&mut self, schedule: &[ChunkKey]) {
         self.schedule = schedule.to_vec();
         self.next_same = vec![NEVER; schedule.len()];
-        self.upcoming = HashMap::with_capacity(schedule.len().min(1 << 16));
+        self.upcoming = HashMap::new();
         for (position, &key) in schedule.iter().enumerate().rev() {
             if let Some(later) = self.upcoming.insert(key, position) {
                 self.next_same[position] = later;

@@ -182,3 +182,47 @@ pub fn belady_hits(trace: &[ChunkKey], capacity_entries: usize) -> Result<u64, S
     }
     Ok(hits)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::LruPolicy;
+
+    #[test]
+    fn counts_and_ratio() {
+        let trace = [1, 2, 1, 3, 1, 2].map(ChunkKey);
+        // LRU with 2 entries: 1 2 | 1 hit | 3 evicts 2 | 1 hit | 2 evicts 3.
+        let stats = simulate(&mut LruPolicy::new(), &trace, 2, &mut |_| false).unwrap();
+        assert_eq!(
+            stats,
+            SimStats {
+                hits: 2,
+                misses: 4,
+                evictions: 2,
+                overfull_inserts: 0
+            }
+        );
+        assert_eq!(stats.hit_ratio(), 2.0 / 6.0);
+        assert_eq!(SimStats::default().hit_ratio(), 0.0);
+        // Belady: at 3, evict 2 (next use 5) rather than 1 (next use 4): the same 2 hits.
+        assert_eq!(belady_hits(&trace, 2), Ok(2));
+        assert_eq!(belady_hits(&trace, 3), Ok(3));
+        assert_eq!(belady_hits(&[], 3), Ok(0));
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            SimError::PolicyNotEmpty {
+                policy: "sieve",
+                resident_entries: 4
+            }
+            .to_string(),
+            "the sieve policy must start empty, it holds 4 keys"
+        );
+        assert_eq!(
+            SimError::ZeroCapacity.to_string(),
+            "a simulated cache needs a capacity of at least 1 entry"
+        );
+    }
+}

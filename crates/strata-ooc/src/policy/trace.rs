@@ -220,3 +220,119 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn counts(trace: &[ChunkKey]) -> HashMap<u64, usize> {
+        let mut counts = HashMap::new();
+        for key in trace {
+            *counts.entry(key.0).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn zipf_is_deterministic_and_skewed() {
+        const KEYS: u64 = 100;
+        const LENGTH: usize = 20_000;
+        let trace = zipf_trace(KEYS, 1.0, LENGTH, 42).unwrap();
+        assert_eq!(trace, zipf_trace(KEYS, 1.0, LENGTH, 42).unwrap());
+        assert_ne!(trace, zipf_trace(KEYS, 1.0, LENGTH, 43).unwrap());
+        assert_eq!(trace.len(), LENGTH);
+        assert!(trace.iter().all(|key| key.0 < KEYS));
+        // P(key 0) = 1 / H(100); 0.015 is over 5 standard deviations here.
+        let harmonic: f64 = (1..=KEYS).map(|rank| 1.0 / rank as f64).sum();
+        let counts = counts(&trace);
+        let share = counts[&0] as f64 / LENGTH as f64;
+        assert!(
+            (share - 1.0 / harmonic).abs() < 0.015,
+            "key 0 share {share}, expected {}",
+            1.0 / harmonic
+        );
+        assert!(
+            counts[&0] > counts[&1] && counts[&1] > counts[&9],
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn zipf_exponent_zero_is_uniform() {
+        const LENGTH: usize = 40_000;
+        let counts = counts(&zipf_trace(4, 0.0, LENGTH, 7).unwrap());
+        for key in 0..4 {
+            let share = counts[&key] as f64 / LENGTH as f64;
+            // Standard deviation about 0.0022.
+            assert!((share - 0.25).abs() < 0.012, "key {key} share {share}");
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        assert_eq!(
+            zipf_trace(0, 1.0, 5, 1),
+            Err(TraceError::NoKeys { length: 5 })
+        );
+        assert_eq!(zipf_trace(0, 1.0, 0, 1), Ok(Vec::new()));
+        assert_eq!(
+            zipf_trace(3, -1.0, 5, 1),
+            Err(TraceError::BadExponent { exponent: -1.0 })
+        );
+        assert!(matches!(
+            zipf_trace(3, f64::NAN, 5, 1),
+            Err(TraceError::BadExponent { exponent }) if exponent.is_nan()
+        ));
+        let error = MatmulTiles::new(u64::MAX, 2, 2).unwrap_err();
+        assert_eq!(
+            error,
+            TraceError::GridTooLarge {
+                m: u64::MAX,
+                n: 2,
+                k: 2
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "a {}x2x2 tile grid has more tile keys or accesses than fit",
+                u64::MAX
+            )
+        );
+        assert!(MatmulTiles::new(1 << 40, 1 << 40, 1).is_err()); // m·n·k overflows
+    }
+
+    #[test]
+    fn matmul_visits_every_tile_product_once() {
+        let (m, n, k) = (3, 4, 5);
+        let tiles = MatmulTiles::new(m, n, k).unwrap();
+        let trace = tiles.trace();
+        assert_eq!(trace.len() as u64, 2 * m * n * k);
+        let counts = counts(&trace);
+        assert_eq!(counts.len() as u64, tiles.input_tiles());
+        for i in 0..m {
+            for p in 0..k {
+                assert_eq!(counts[&tiles.a_key(i, p).0], n as usize, "A({i}, {p})");
+            }
+        }
+        for p in 0..k {
+            for j in 0..n {
+                assert_eq!(counts[&tiles.b_key(p, j).0], m as usize, "B({p}, {j})");
+            }
+        }
+        // Every (A(i,p), B(p,j)) pair is adjacent exactly once.
+        let pairs: std::collections::HashSet<(ChunkKey, ChunkKey)> =
+            trace.chunks(2).map(|pair| (pair[0], pair[1])).collect();
+        assert_eq!(pairs.len() as u64, m * n * k);
+    }
+
+    #[test]
+    fn loops_and_scans() {
+        assert_eq!(loop_trace(3, 2), [0, 1, 2, 0, 1, 2].map(ChunkKey));
+        assert!(loop_trace(0, 5).is_empty());
+        assert_eq!(scan_trace(10, 3), [10, 11, 12].map(ChunkKey));
+        assert_eq!(scan_trace(u64::MAX - 1, 5), [ChunkKey(u64::MAX - 1)]);
+    }
+}
