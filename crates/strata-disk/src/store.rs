@@ -84,6 +84,14 @@ use crate::record::{
 };
 use crate::remap::{self, RemapError, RemapState, RemapTable, RouteRun, SparePool};
 
+mod inspect;
+pub use inspect::{
+    check_metadata, detect_block_bytes, open_file_store, open_file_store_readonly, Area, BadRecord,
+    ConsistencyDefect, MetadataFinding, MetadataReport, OpenFileError, ReadOnlyFile,
+    RemapCopyDefect, RemapCopyReport, SlotDefect, SlotReport, StoreReport, SuperblockCopyReport,
+    VerifyReport,
+};
+
 /// The first 8 bytes of each superblock copy.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"STRSUPR1";
 /// The superblock format version this build writes and reads.
