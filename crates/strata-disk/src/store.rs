@@ -111,6 +111,12 @@ mod inspect;
 mod read_buf;
 
 pub use read_buf::{ReadBuf, RecordView};
+pub use inspect::{
+    check_metadata, detect_block_bytes, open_file_store, open_file_store_readonly, Area, BadRecord,
+    ConsistencyDefect, MetadataFinding, MetadataReport, OpenFileError, ReadOnlyFile,
+    RemapCopyDefect, RemapCopyReport, SlotDefect, SlotReport, StoreReport, SuperblockCopyReport,
+    VerifyReport,
+};
 
 /// Most bytes [`ExtentStore::get_many`] reads with one device read when it
 /// coalesces adjacent extents (a single record larger than this is still read
@@ -120,12 +126,6 @@ pub use read_buf::{ReadBuf, RecordView};
 /// largest `O_DIRECT` bounce piece of [`FileDevice`](crate::device::FileDevice).
 pub const GET_MANY_READ_BYTES_MAX: u64 = 1 << 20;
 const _: () = assert!(GET_MANY_READ_BYTES_MAX >= crate::device::BLOCK_BYTES_MAX);
-pub use inspect::{
-    check_metadata, detect_block_bytes, open_file_store, open_file_store_readonly, Area, BadRecord,
-    ConsistencyDefect, MetadataFinding, MetadataReport, OpenFileError, ReadOnlyFile,
-    RemapCopyDefect, RemapCopyReport, SlotDefect, SlotReport, StoreReport, SuperblockCopyReport,
-    VerifyReport,
-};
 
 /// The first 8 bytes of each superblock copy.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"STRSUPR1";
