@@ -63,6 +63,10 @@
 //! `commit`). When the pool is empty the put fails with
 //! [`StoreError::SparesExhausted`] and releases its extent; nothing stored
 //! changes, and [`StoreStats::bad_blocks`] exceeds [`StoreStats::remaps`].
+//! The block is then set aside for the rest of the session: later puts are
+//! placed past it (at most [`BAD_BLOCK_SKIPS_MAX`] such extents per put), so
+//! one bad block does not fail every spill after it. The set is not
+//! persisted: a reopened store learns it again at the first failed write.
 //!
 //! ```
 //! use strata_disk::device::MemDevice;
@@ -110,13 +114,13 @@ use crate::remap::{self, RemapError, RemapState, RemapTable, RouteRun, SparePool
 mod inspect;
 mod read_buf;
 
-pub use read_buf::{ReadBuf, RecordView};
 pub use inspect::{
     check_metadata, detect_block_bytes, open_file_store, open_file_store_readonly, Area, BadRecord,
     ConsistencyDefect, MetadataFinding, MetadataReport, OpenFileError, ReadOnlyFile,
     RemapCopyDefect, RemapCopyReport, SlotDefect, SlotReport, StoreReport, SuperblockCopyReport,
     VerifyReport,
 };
+pub use read_buf::{ReadBuf, RecordView};
 
 /// Most bytes [`ExtentStore::get_many`] reads with one device read when it
 /// coalesces adjacent extents (a single record larger than this is still read
@@ -126,6 +130,11 @@ pub use inspect::{
 /// largest `O_DIRECT` bounce piece of [`FileDevice`](crate::device::FileDevice).
 pub const GET_MANY_READ_BYTES_MAX: u64 = 1 << 20;
 const _: () = assert!(GET_MANY_READ_BYTES_MAX >= crate::device::BLOCK_BYTES_MAX);
+
+/// Most extents an allocation passes over because they hold a block found
+/// bad with no spare left. Bounds the work of one put on a failing device;
+/// a device with more bad blocks in a row than this reports no space.
+pub const BAD_BLOCK_SKIPS_MAX: usize = 64;
 
 /// The first 8 bytes of each superblock copy.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"STRSUPR1";
@@ -1278,7 +1287,7 @@ impl<D: BlockDevice> ExtentStore<D> {
                 });
             }
         }
-        let Some(extent) = self.bitmap.alloc_extent_near(len_blocks, self.cursor) else {
+        let Some(extent) = self.alloc_extent_avoiding_bad(len_blocks, self.cursor) else {
             return Err(StoreError::NoSpace {
                 requested_blocks: len_blocks,
                 free_blocks: self.bitmap.free_blocks(),
@@ -1402,7 +1411,7 @@ impl<D: BlockDevice> ExtentStore<D> {
         let mut outcome = Ok(());
         for index in range.clone() {
             let len_blocks = batch.record_blocks(index);
-            match self.bitmap.alloc_extent_near(len_blocks, self.cursor) {
+            match self.alloc_extent_avoiding_bad(len_blocks, self.cursor) {
                 Some(extent) => {
                     extents.push(extent);
                     self.cursor = self.cursor_after(extent);
@@ -1449,6 +1458,43 @@ impl<D: BlockDevice> ExtentStore<D> {
                 .free_extent(extent)
                 .expect("an extent just allocated can be freed");
         }
+    }
+
+    /// Allocates an extent of `len_blocks` next-fit from `hint` that holds
+    /// no block found bad this session without a spare (such a block would
+    /// fail every write again). Extents that do are held while the search
+    /// moves past the bad block, then released; after
+    /// [`BAD_BLOCK_SKIPS_MAX`] skips the search gives up (`None`, reported as
+    /// no space).
+    fn alloc_extent_avoiding_bad(&mut self, len_blocks: u64, hint: u64) -> Option<Extent> {
+        let mut held = Vec::new();
+        let mut hint = hint;
+        let mut found = None;
+        for _ in 0..=BAD_BLOCK_SKIPS_MAX {
+            let Some(extent) = self.bitmap.alloc_extent_near(len_blocks, hint) else {
+                break;
+            };
+            match self
+                .unmapped_bad
+                .range(extent.start..extent.end())
+                .next_back()
+            {
+                None => {
+                    found = Some(extent);
+                    break;
+                }
+                Some(&bad) => {
+                    held.push(extent);
+                    hint = bad + 1;
+                }
+            }
+        }
+        for extent in held {
+            self.bitmap
+                .free_extent(extent)
+                .expect("an extent just allocated can be freed");
+        }
+        found
     }
 
     /// The next-fit cursor after allocating `extent`: the block after it,

@@ -468,6 +468,10 @@ fn a_batch_that_fails_part_way_stores_nothing() {
     );
     unchanged(&store, "spares exhausted");
     device.clear_all();
+    // The store sets that block aside for the rest of its session; a
+    // reopened store (a new session) may use it again.
+    store.commit().unwrap();
+    let mut store = ExtentStore::open(&device, config(CodecPolicy::None, 0)).unwrap();
 
     // No room for record 4 (the device is nearly full): refused at 4.
     let free_blocks = store.stats().free_bytes / BLOCK_BYTES;
