@@ -222,6 +222,26 @@ pub fn decode_elements<T: ComputeElement>(dtype: DataType, bytes: &[u8], out: &m
     }
 }
 
+/// Narrows `value` to `f32` rounding to odd: truncate, then set the last
+/// bit if anything was lost. A second rounding to a format with at most
+/// 22 significand bits (f16 has 11, bf16 8) then rounds as if directly
+/// from `value`. (half's own `from_f64` looks at the upper 32 bits only, so
+/// it can lose the bits that break a tie.)
+fn f64_to_f32_round_to_odd(value: f64) -> f32 {
+    let nearest = value as f32;
+    if !nearest.is_finite() || f64::from(nearest) == value {
+        return nearest;
+    }
+    // Inexact: step toward zero if rounding went up in magnitude (nearest is
+    // then nonzero, so its magnitude bits can go down by one).
+    let truncated = if f64::from(nearest).abs() > value.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(truncated.to_bits() | 1)
+}
+
 /// Converts `values` to little-endian elements of `dtype` in `out`.
 ///
 /// Floats round to nearest (even) in one step, also from `f64` to `f16` /
@@ -254,10 +274,12 @@ pub fn encode_elements<T: ComputeElement>(dtype: DataType, values: &[T], out: &m
         }),
         DataType::U8 => pairs.for_each(|(v, o)| o[0] = v.to_f64().round_ties_even() as u8),
         DataType::F16 => pairs.for_each(|(v, o)| {
-            o.copy_from_slice(&f16::from_f64(v.to_f64()).to_bits().to_le_bytes())
+            let narrowed = f64_to_f32_round_to_odd(v.to_f64());
+            o.copy_from_slice(&f16::from_f32(narrowed).to_bits().to_le_bytes())
         }),
         DataType::BF16 => pairs.for_each(|(v, o)| {
-            o.copy_from_slice(&bf16::from_f64(v.to_f64()).to_bits().to_le_bytes())
+            let narrowed = f64_to_f32_round_to_odd(v.to_f64());
+            o.copy_from_slice(&bf16::from_f32(narrowed).to_bits().to_le_bytes())
         }),
     }
 }

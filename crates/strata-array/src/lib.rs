@@ -3,19 +3,19 @@
 //! Every array is read and written one chunk at a time, by chunk grid index,
 //! with its shape, chunk shape and dtype known up front:
 //!
-//! - [`meta`]: [`ArrayMeta`](meta::ArrayMeta), the regular chunk grid and its
+//! - [`meta`]: [`ArrayMeta`], the regular chunk grid and its
 //!   ragged edge chunks.
 //! - [`dtype`]: the stored element types (`f32`, `f64`, `i32`, `i64`, `u8`,
 //!   `f16`, `bf16`) and the type each is computed in.
-//! - [`chunk`]: the [`ChunkSource`](chunk::ChunkSource) /
-//!   [`ChunkSink`](chunk::ChunkSink) traits, and conversion of chunks to and
+//! - [`chunk`]: the [`ChunkSource`] /
+//!   [`ChunkSink`] traits, and conversion of chunks to and
 //!   from `f32` / `f64`.
 //! - [`mem`]: arrays in memory, for tests.
 //! - [`npy`]: NPY files (versions 1–3 read, 1 written), memory-mapped or read
 //!   with positional reads.
 //! - [`zarr`]: Zarr v3 on the local filesystem through `zarrs` (`bytes`,
 //!   `zstd`, `crc32c`, sharding), readable by zarr-python, xarray and Dask.
-//! - [`error`]: [`ArrayError`](error::ArrayError), which names the array, the
+//! - [`error`]: [`ArrayError`], which names the array, the
 //!   chunk and what was expected.
 //!
 //! Buffers hold little-endian elements; the crate assumes a little-endian

@@ -137,7 +137,7 @@ fn wrong_buffer_lengths_and_indices_outside_the_grid_are_refused() {
             "{}: {error}",
             source.name()
         );
-        let error = source.read_chunk(&[0, 3], &mut vec![0u8; 48]).unwrap_err();
+        let error = source.read_chunk(&[0, 3], &mut [0u8; 48]).unwrap_err();
         assert!(
             matches!(error, ArrayError::ChunkOutOfGrid { .. }),
             "{error}"
@@ -408,7 +408,7 @@ fn incomplete_destinations_are_visible_and_refused() {
     let meta = meta_f32();
     let path = dir.path().join("a.zarr");
     let writer = ZarrArray::create(&path, meta.clone(), &ZarrCodecs::default()).unwrap();
-    writer.write_chunk(&[0, 0], &vec![1u8; 48]).unwrap();
+    writer.write_chunk(&[0, 0], &[1u8; 48]).unwrap();
     let error = ZarrArray::open(&path).unwrap_err();
     assert!(
         matches!(&error, ArrayError::Incomplete { array } if array.ends_with("a.zarr")),

@@ -56,8 +56,8 @@ pub fn naive_chunk(meta: &ArrayMeta, whole: &[u8], grid_index: &[u64]) -> Vec<u8
     let mut local = vec![0u64; rank];
     for _ in 0..count {
         let mut linear = 0u64;
-        for d in 0..rank {
-            linear = linear * meta.shape()[d] + region.start[d] + local[d];
+        for ((&len, &start), &offset) in meta.shape().iter().zip(&region.start).zip(&local) {
+            linear = linear * len + start + offset;
         }
         let at = linear as usize * size;
         out.extend_from_slice(&whole[at..at + size]);
