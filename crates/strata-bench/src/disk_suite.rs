@@ -15,9 +15,14 @@
 //! 2. Compressible data (zeros, and a smooth sine quantized to 4 bits as
 //!    `f32`): the same, buffered only, with the stored size (whole blocks)
 //!    over the raw size.
-//! 3. Checksum cost: in-memory [`record::encode_into`] + [`record::decode_into`]
-//!    of an incompressible record with policy `None` and each checksum,
-//!    against the same copies without any checksum.
+//! 3. Checksum cost, two ways. On the spill path: the buffered store's
+//!    round trip (puts + commit, then `get_into` of every record) against
+//!    the same less the xxh3 time it spent, each checksum timed alone over
+//!    the same bytes in the same run. In memory, for reference:
+//!    [`record::encode_into`] + [`record::decode_into`] of an incompressible
+//!    record with policy `None` and each checksum, against the same copies
+//!    without any checksum (this bounds the cost where the device is as
+//!    fast as memory).
 //! 4. Spare allocation ([`SparePool::take`]) and remap lookups
 //!    ([`RemapTable::lookup`], [`RemapView::lookup`]), hits and misses, in
 //!    ns per call.
@@ -35,12 +40,13 @@ use strata_disk::record::{
     self, ChecksumKind, Codec, CodecPolicy, Dtype, RecordLocation, RecordMeta, HEADER_LEN_BYTES,
 };
 use strata_disk::remap::{RemapTable, SparePool};
-use strata_disk::store::{Extent, ExtentStore, StoreConfig};
+use strata_disk::store::{Extent, ExtentStore, ReadBuf, StoreConfig};
+use strata_disk::writer::SpillWriter;
 
 use crate::stats::median;
 use crate::{
     BenchError, BenchOptions, BenchResult, SuiteReport, METRIC_MEDIAN, METRIC_THROUGHPUT,
-    METRIC_TOTAL, UNIT_MB_PER_S, UNIT_NS, UNIT_RATIO,
+    METRIC_TOTAL, UNIT_MB_PER_S, UNIT_MS, UNIT_NS, UNIT_RATIO,
 };
 
 /// This suite's name in [`crate::SUITES`].
@@ -50,7 +56,8 @@ const SEED: u64 = 0x5354_5241_5441_0004;
 
 /// Target: store throughput over plain file I/O of the same bytes.
 const TARGET_SPILL_OVER_PLAIN: f64 = 0.90;
-/// Target: encode+decode time with a checksum over the copy-only baseline.
+/// Target: the spill round trip with checksums over the same without (and,
+/// for reference, in-memory encode+decode over copies alone).
 const TARGET_CHECKSUM_OVERHEAD: f64 = 1.05;
 /// Target: ns per spare taken and per remap lookup.
 const TARGET_REMAP_NS: f64 = 100.0;
@@ -382,6 +389,9 @@ enum Variant {
     StoreBuffered,
     /// The store over an `O_DIRECT` file device.
     StoreDirect,
+    /// The store over a buffered file device, written through a
+    /// [`SpillWriter`] (encoding and writing on its thread).
+    StoreWriter,
     /// A plain file: `write_all` + `sync_data`, `read_exact`.
     Plain,
 }
@@ -391,6 +401,7 @@ impl Variant {
         match self {
             Variant::StoreBuffered => "store buffered",
             Variant::StoreDirect => "store O_DIRECT",
+            Variant::StoreWriter => "store buffered, SpillWriter",
             Variant::Plain => "plain file",
         }
     }
@@ -413,6 +424,9 @@ fn spill_benchmark(
 ) -> Result<(), BenchError> {
     let bench = format!("spill {}", dataset.name);
     let mut variants = vec![Variant::StoreBuffered, Variant::Plain];
+    if dataset.incompressible {
+        variants.insert(1, Variant::StoreWriter);
+    }
     let rounds = if dataset.incompressible {
         // Ask for O_DIRECT; keep the variant only if the filesystem accepts it.
         let probe_path = dir.file("probe-direct");
@@ -449,7 +463,7 @@ fn spill_benchmark(
             let path = dir.file(&format!("spill-{}", index));
             let timed = match variant {
                 Variant::Plain => plain_round(dataset, &path, drops),
-                Variant::StoreBuffered | Variant::StoreDirect => {
+                Variant::StoreBuffered | Variant::StoreDirect | Variant::StoreWriter => {
                     store_round(budget, dataset, &path, variant, drops)
                 }
             };
@@ -500,6 +514,9 @@ fn spill_benchmark(
         }
         report.results.push(baseline);
     }
+    if dataset.incompressible {
+        checksum_share(budget, dataset, &prefix, &times[0], report);
+    }
     if !dataset.incompressible {
         let stored = times[0].first().map_or(0, |t| t.stored_bytes);
         report.results.push(BenchResult::new(
@@ -516,8 +533,10 @@ fn spill_benchmark(
     };
     report.notes.push(format!(
         "{prefix}: {write_what}; MB/s of raw payload, median of {rounds} interleaved rounds; \
-         store write = every put + commit (data flushed), plain write = write_all of each \
-         record + sync_data; reads = get of every record (checksums verified) vs read_exact; \
+         store write = every put + commit (data flushed; SpillWriter: every submit + commit), \
+         plain write = write_all of each record + sync_data; reads = get_into of every record \
+         into one reused ReadBuf (checksums verified, raw payload not copied) vs read_exact \
+         into one reused buffer; \
          every record read back compared with what was written"
     ));
     Ok(())
@@ -550,16 +569,38 @@ fn store_round(
     };
     let mut store =
         ExtentStore::create(device, config).map_err(|e| format!("create store: {e}"))?;
-    let start = Instant::now();
     let mut extents: Vec<Extent> = Vec::with_capacity(dataset.records.len());
-    for (index, payload) in dataset.records.iter().enumerate() {
-        let extent = store
-            .put(payload, &dataset.meta)
-            .map_err(|e| format!("put of record {index}: {e}"))?;
-        extents.push(extent);
-    }
-    store.commit().map_err(|e| format!("commit: {e}"))?;
-    let write = start.elapsed();
+    let write = if variant == Variant::StoreWriter {
+        // The caller hands its buffers over; the copies are made untimed.
+        let owned: Vec<Vec<u8>> = dataset.records.clone();
+        let writer = SpillWriter::new(store).map_err(|e| format!("start writer: {e}"))?;
+        let start = Instant::now();
+        let tickets: Vec<_> = owned
+            .into_iter()
+            .map(|payload| writer.submit(payload, dataset.meta.clone()))
+            .collect();
+        writer.commit().map_err(|e| format!("writer commit: {e}"))?;
+        let write = start.elapsed();
+        for (index, ticket) in tickets.into_iter().enumerate() {
+            extents.push(
+                ticket
+                    .wait()
+                    .map_err(|e| format!("writer put of record {index}: {e}"))?,
+            );
+        }
+        store = writer.into_store();
+        write
+    } else {
+        let start = Instant::now();
+        for (index, payload) in dataset.records.iter().enumerate() {
+            let extent = store
+                .put(payload, &dataset.meta)
+                .map_err(|e| format!("put of record {index}: {e}"))?;
+            extents.push(extent);
+        }
+        store.commit().map_err(|e| format!("commit: {e}"))?;
+        start.elapsed()
+    };
     let stats = store.stats();
     if stats.records != dataset.records.len() as u64 {
         return Err(format!(
@@ -578,30 +619,32 @@ fn store_round(
 
     drops.drop_now();
     let mut read = Duration::ZERO;
+    let mut buf = ReadBuf::new();
     for (index, (extent, payload)) in extents.iter().zip(&dataset.records).enumerate() {
         let start = Instant::now();
-        let decoded = store
-            .get(*extent)
-            .map_err(|e| format!("get of record {index} at {extent:?}: {e}"))?;
+        let view = store
+            .get_into(*extent, &mut buf)
+            .map_err(|e| format!("get_into of record {index} at {extent:?}: {e}"))?;
         read += start.elapsed();
-        if decoded.payload != *payload {
+        if view.payload() != payload.as_slice() {
             return Err(format!(
                 "record {index} at {extent:?} read back differs from what was written \
                  ({} bytes read, {} written)",
-                decoded.payload.len(),
+                view.payload().len(),
                 payload.len()
             ));
         }
-        if dataset.incompressible && decoded.codec != Codec::None {
+        if dataset.incompressible && view.codec() != Codec::None {
             return Err(format!(
                 "record {index} of random bytes was stored with {} instead of raw",
-                decoded.codec
+                view.codec()
             ));
         }
-        if decoded.meta != dataset.meta {
+        if *view.meta() != dataset.meta {
             return Err(format!(
                 "record {index}: meta {:?} read back, {:?} written",
-                decoded.meta, dataset.meta
+                view.meta(),
+                dataset.meta
             ));
         }
     }
@@ -611,6 +654,75 @@ fn store_round(
         read,
         stored_bytes,
     })
+}
+
+/// The checksums' share of the buffered store's spill round trip (every
+/// put + commit, then every get_into), measured in the same run: the time to
+/// compute each checksum over the records' bytes twice (once when a record is
+/// encoded, once when it is verified on read) is timed on its own, and the
+/// rows compare the round trip with checksum against the round trip less the
+/// xxh3 time the store spent (the record format has no checksum-off switch).
+fn checksum_share(
+    budget: &Budget,
+    dataset: &Dataset,
+    prefix: &str,
+    store_times: &[RoundTimes],
+    report: &mut SuiteReport,
+) {
+    let round_trip_ms: Vec<f64> = store_times
+        .iter()
+        .map(|t| (t.write + t.read).as_secs_f64() * 1e3)
+        .collect();
+    let round_trip = median(&round_trip_ms).unwrap_or(0.0);
+    let checksum_ms = |kind: ChecksumKind| {
+        let samples: Vec<f64> = (0..budget.spill_rounds.max(1))
+            .map(|_| {
+                let start = Instant::now();
+                let mut fold = 0u64;
+                for _pass in 0..2 {
+                    for record in &dataset.records {
+                        fold ^= kind.compute(record);
+                    }
+                }
+                std::hint::black_box(fold);
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        median(&samples).unwrap_or(0.0)
+    };
+    let xxh3 = checksum_ms(ChecksumKind::Xxh3);
+    let crc32c = checksum_ms(ChecksumKind::Crc32c);
+    let without = (round_trip - xxh3).max(f64::MIN_POSITIVE);
+    let baseline = BenchResult::new(
+        format!("{prefix} round trip: store buffered less its xxh3 time"),
+        METRIC_MEDIAN,
+        without,
+        UNIT_MS,
+    );
+    for (kind, cost) in [(ChecksumKind::Xxh3, xxh3), (ChecksumKind::Crc32c, crc32c)] {
+        let result = BenchResult::new(
+            format!("{prefix} round trip: store buffered with {kind} checksums"),
+            METRIC_MEDIAN,
+            without + cost,
+            UNIT_MS,
+        )
+        .against(&baseline);
+        report.notes.push(format!(
+            "{}: ratio {} against target <= {TARGET_CHECKSUM_OVERHEAD}",
+            result.name,
+            verdict_at_most(result.ratio, TARGET_CHECKSUM_OVERHEAD)
+        ));
+        report.results.push(result);
+    }
+    report.results.push(baseline);
+    report.notes.push(format!(
+        "{prefix} round trip rows: median store-buffered round trip (put + commit, then \
+         get_into of every record) {round_trip:.2} ms; checksum time over the records' bytes, \
+         twice (encode and verify), timed alone in this run: xxh3 {xxh3:.2} ms, crc32c \
+         {crc32c:.2} ms (median of {} passes); baseline = round trip - xxh3 time (the store \
+         checksums with xxh3), rows = baseline + each checksum's time",
+        budget.spill_rounds.max(1)
+    ));
 }
 
 fn plain_round(
@@ -950,7 +1062,9 @@ mod tests {
             // checksum row except the copy-only baseline itself.
             let needs_baseline = (row.name.starts_with("spill")
                 && (row.name.ends_with(": store buffered")
-                    || row.name.ends_with(": store O_DIRECT")))
+                    || row.name.ends_with(": store O_DIRECT")
+                    || row.name.ends_with(": store buffered, SpillWriter")
+                    || row.name.ends_with(" checksums")))
                 || (row.name.starts_with("encode+decode") && !row.name.ends_with("no checksum"));
             assert_eq!(compared, needs_baseline, "{row:?}");
         }
@@ -976,6 +1090,10 @@ mod tests {
                 .unwrap();
             assert!(stored.value < 0.5, "{stored:?}");
         }
+        assert_eq!(find("spill random", ": store buffered, SpillWriter"), 2);
+        assert_eq!(find("spill random", "with xxh3 checksums"), 1);
+        assert_eq!(find("spill random", "with crc32c checksums"), 1);
+        assert_eq!(find("spill random", "less its xxh3 time"), 1);
         assert_eq!(find("encode+decode", "xxh3"), 1);
         assert_eq!(find("encode+decode", "crc32c"), 1);
         assert_eq!(find("SparePool::take", ""), 1);

@@ -11,6 +11,7 @@ use mimalloc::MiMalloc;
 use strata_bench::{BenchOptions, BenchResult, SuiteReport};
 use strata_pool::TrackingAllocator;
 
+mod disk;
 mod stats;
 
 /// Every heap allocation of the program, counted: the `pool` suite reads
@@ -66,6 +67,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create, inspect and verify disk-tier store files (exit codes: 0
+    /// clean, 1 `verify` found damage, 2 usage or open errors).
+    Disk {
+        #[command(subcommand)]
+        command: disk::DiskCommand,
+    },
 }
 
 /// Shown by `strata demo` until the out-of-core engine exists.
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
             demo_workload,
             json,
         } => print_stats(demo_workload, json),
+        Command::Disk { command } => return disk::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,9 +16,13 @@
 //!   table (PENDING/ACTIVE entries, O(1) lookups on snapshots readers take
 //!   without blocking the writer), request routing, and the checksummed,
 //!   sequence-numbered encoding of a table copy with recovery.
+//! - [`writer`]: [`SpillWriter`](writer::SpillWriter), the extent store
+//!   behind a background thread with a bounded queue: callers submit
+//!   records and wait on a ticket only if they need the extent now.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod device;
 pub mod record;
 pub mod remap;
 pub mod store;
+pub mod writer;

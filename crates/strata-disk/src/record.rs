@@ -857,6 +857,34 @@ pub fn decode_into(
     location: RecordLocation,
     out: &mut Vec<u8>,
 ) -> Result<RecordHeader, RecordError> {
+    let verified = verify(bytes, location)?;
+    decompress_into(
+        &verified.header,
+        &bytes[verified.stored_range.clone()],
+        location,
+        out,
+    )?;
+    Ok(verified.header)
+}
+
+/// A record whose header and payload checksum passed: the header and where
+/// the stored payload lies in the bytes given to [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedRecord {
+    /// The parsed header.
+    pub header: RecordHeader,
+    /// Byte range of the stored payload: `HEADER_LEN_BYTES..HEADER_LEN_BYTES
+    /// + stored_len`.
+    pub stored_range: std::ops::Range<usize>,
+}
+
+/// Checks the record at the start of `bytes` without copying it: the header
+/// (as [`parse_header`]), that the stored payload fits, and the payload
+/// checksum over the stored bytes. These are the checks [`decode`] makes
+/// before decompressing, in the same order with the same errors; a raw
+/// ([`Codec::None`]) record's payload is then `&bytes[stored_range]`, any
+/// other goes through [`decompress_into`].
+pub fn verify(bytes: &[u8], location: RecordLocation) -> Result<VerifiedRecord, RecordError> {
     let header = parse_header(bytes, location)?;
     let needed_bytes = header.record_len_bytes();
     if (bytes.len() as u64) < needed_bytes {
@@ -867,8 +895,8 @@ pub fn decode_into(
         });
     }
     // Fits in usize: needed_bytes <= bytes.len().
-    let stored = &bytes[HEADER_LEN_BYTES..needed_bytes as usize];
-    let actual = header.checksum_kind.compute(stored);
+    let stored_range = HEADER_LEN_BYTES..needed_bytes as usize;
+    let actual = header.checksum_kind.compute(&bytes[stored_range.clone()]);
     if actual != header.payload_checksum {
         return Err(RecordError::PayloadChecksum {
             location,
@@ -877,7 +905,22 @@ pub fn decode_into(
             actual,
         });
     }
+    Ok(VerifiedRecord {
+        header,
+        stored_range,
+    })
+}
 
+/// Appends the raw payload of a verified record to `out`: the stored bytes
+/// as they are for [`Codec::None`], decompressed otherwise, checked to be
+/// exactly `header.raw_len_bytes` long. `stored` are the bytes
+/// [`verify`] vouched for. On error `out` is unchanged.
+pub fn decompress_into(
+    header: &RecordHeader,
+    stored: &[u8],
+    location: RecordLocation,
+    out: &mut Vec<u8>,
+) -> Result<(), RecordError> {
     let out_start = out.len();
     // raw_len_bytes <= RAW_LEN_MAX_BYTES, which fits in usize.
     let raw_len = header.raw_len_bytes as usize;
@@ -898,7 +941,7 @@ pub fn decode_into(
         }
     };
     match decompressed {
-        Ok(actual_len) if actual_len == raw_len => Ok(header),
+        Ok(actual_len) if actual_len == raw_len => Ok(()),
         Ok(actual_len) => {
             out.truncate(out_start);
             Err(RecordError::LengthMismatch {

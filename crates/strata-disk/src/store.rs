@@ -12,6 +12,27 @@
 //!   sequentially) and writes it.
 //! - [`ExtentStore::get`] reads the extent and decodes it; every read
 //!   verifies the record's checksums before any byte is returned.
+//! - [`ExtentStore::get_into`] is the cheap read: it reads into a reusable
+//!   [`ReadBuf`] whose window is aligned to the block size (so an `O_DIRECT`
+//!   [`FileDevice`](crate::device::FileDevice) reads straight into it, with
+//!   no bounce copy), verifies in place ([`record::verify`]) and returns a
+//!   [`RecordView`]: a raw record's payload is a slice of the buffer, a
+//!   compressed one is decompressed into the buffer's second allocation.
+//!   `get` is `get_into` with a fresh buffer.
+//! - [`ExtentStore::put_many`] (and [`ExtentStore::put_batch`] for records
+//!   encoded elsewhere, [`EncodedBatch`]) puts many records at once:
+//!   extents allocated next-fit in order, each run of adjacent extents
+//!   written with one device write. All or nothing: if a record fails the
+//!   whole batch is released ([`StoreError::BatchRecord`] names it).
+//! - [`ExtentStore::get_many`] / [`ExtentStore::get_many_with`] read many
+//!   records in block order, coalescing adjacent extents into single reads
+//!   of at most [`GET_MANY_READ_BYTES_MAX`] bytes, and verify each; one bad
+//!   or unknown record fails alone.
+//!
+//! Batches coalesce into one contiguous buffer rather than using vectored
+//! I/O: next-fit puts records of a batch back to back, so one buffer and one
+//! `pwrite`/`pread` cover the run, and no device needs a second code path.
+//! [`crate::writer::SpillWriter`] runs puts on a background thread.
 //! - [`ExtentStore::free`] forgets a record at once, but its blocks are only
 //!   handed out again after the next [`commit`](ExtentStore::commit): until
 //!   then the last committed state still lists the record there, and reusing
@@ -30,9 +51,10 @@
 //!
 //! **Bad-block remapping.** Every data read and write is routed through the
 //! remap table ([`crate::remap`]): a request is split into runs of normal
-//! blocks and single remapped blocks, each served from its spare. When a
+//! blocks and single remapped blocks, each served from its spare (a batch
+//! routes each coalesced run the same way). When a
 //! data-block write fails with a media error (an I/O error, or an injected
-//! fault naming a block), `put` rewrites the failing run block by block and,
+//! fault naming a block), `put` (and `put_many`, record by record) rewrites the failing run block by block and,
 //! for each block that fails: takes a spare, records the remap PENDING,
 //! writes and flushes both table copies, makes the entry ACTIVE, and retries
 //! that block's write on the spare; only then does the put go on (and
@@ -41,6 +63,10 @@
 //! `commit`). When the pool is empty the put fails with
 //! [`StoreError::SparesExhausted`] and releases its extent; nothing stored
 //! changes, and [`StoreStats::bad_blocks`] exceeds [`StoreStats::remaps`].
+//! The block is then set aside for the rest of the session: later puts are
+//! placed past it (at most [`BAD_BLOCK_SKIPS_MAX`] such extents per put), so
+//! one bad block does not fail every spill after it. The set is not
+//! persisted: a reopened store learns it again at the first failed write.
 //!
 //! ```
 //! use strata_disk::device::MemDevice;
@@ -80,9 +106,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::device::{BlockDevice, DeviceError, BLOCK_BYTES_MIN};
 use crate::record::{
-    self, ChecksumKind, CodecPolicy, DecodedRecord, RecordError, RecordLocation, RecordMeta,
+    self, ChecksumKind, Codec, CodecPolicy, DecodedRecord, RecordError, RecordLocation, RecordMeta,
+    VerifiedRecord,
 };
 use crate::remap::{self, RemapError, RemapState, RemapTable, RouteRun, SparePool};
+
+mod inspect;
+mod read_buf;
+
+pub use inspect::{
+    check_metadata, detect_block_bytes, open_file_store, open_file_store_readonly, Area, BadRecord,
+    ConsistencyDefect, MetadataFinding, MetadataReport, OpenFileError, ReadOnlyFile,
+    RemapCopyDefect, RemapCopyReport, SlotDefect, SlotReport, StoreReport, SuperblockCopyReport,
+    VerifyReport,
+};
+pub use read_buf::{ReadBuf, RecordView};
+
+/// Most bytes [`ExtentStore::get_many`] reads with one device read when it
+/// coalesces adjacent extents (a single record larger than this is still read
+/// whole). Large enough that the fixed cost of a read (one system call, one
+/// route lookup) is small beside the transfer; small enough to bound the
+/// [`ReadBuf`] a batch read grows beyond its largest record. Equal to the
+/// largest `O_DIRECT` bounce piece of [`FileDevice`](crate::device::FileDevice).
+pub const GET_MANY_READ_BYTES_MAX: u64 = 1 << 20;
+const _: () = assert!(GET_MANY_READ_BYTES_MAX >= crate::device::BLOCK_BYTES_MAX);
+
+/// Most extents an allocation passes over because they hold a block found
+/// bad with no spare left. Bounds the work of one put on a failing device;
+/// a device with more bad blocks in a row than this reports no space.
+pub const BAD_BLOCK_SKIPS_MAX: usize = 64;
 
 /// The first 8 bytes of each superblock copy.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"STRSUPR1";
@@ -299,12 +351,14 @@ pub struct StoreStats {
     /// Data blocks known bad: the remapped ones plus those found bad this
     /// session when no spare was left.
     pub bad_blocks: u64,
-    /// Data-area reads by `get` that failed with a device error, this session.
+    /// Record reads (`get`, `get_into`, and `get_many` per record) that
+    /// failed with a device error, this session.
     pub read_errors: u64,
     /// Data-block writes that failed, counted per block after a failed run
     /// is split, this session.
     pub write_errors: u64,
-    /// `get`s whose record failed its header or payload checksum, this session.
+    /// Record reads (`get`, `get_into`, `get_many`) whose record failed its
+    /// header or payload checksum, this session.
     pub checksum_failures: u64,
 }
 
@@ -530,6 +584,26 @@ pub enum StoreError {
         /// The remap error.
         source: RemapError,
     },
+    /// Record `index` of a batch ([`ExtentStore::put_many`],
+    /// [`ExtentStore::put_batch`]) failed with `source`: it could not be
+    /// encoded, no run of free blocks fits it, or writing it failed. The
+    /// whole batch was refused: no record of it was stored and every extent
+    /// it had allocated was released (remaps made on the way stay).
+    BatchRecord {
+        /// Position of the failing record in the batch.
+        index: usize,
+        /// Records in the batch.
+        records: usize,
+        /// Why it failed.
+        source: Box<StoreError>,
+    },
+    /// An [`EncodedBatch`] was encoded for another block size than the store's.
+    BatchBlockSize {
+        /// Block size the batch was padded to.
+        batch_block_bytes: u64,
+        /// The store's block size.
+        store_block_bytes: u64,
+    },
     /// The recovered remap table names a bad block outside the data area.
     RemapOutsideData {
         /// The bad block named.
@@ -633,6 +707,23 @@ impl fmt::Display for StoreError {
                  {source}"
             ),
             StoreError::RemapTable { source } => write!(f, "extent store remap table: {source}"),
+            StoreError::BatchRecord {
+                index,
+                records,
+                source,
+            } => write!(
+                f,
+                "batch of {records} records refused at record {index}, nothing of it stored: \
+                 {source}"
+            ),
+            StoreError::BatchBlockSize {
+                batch_block_bytes,
+                store_block_bytes,
+            } => write!(
+                f,
+                "batch encoded for blocks of {batch_block_bytes} bytes, the store's are \
+                 {store_block_bytes} bytes"
+            ),
             StoreError::RemapOutsideData {
                 bad_block,
                 data_start,
@@ -656,6 +747,7 @@ impl std::error::Error for StoreError {
             StoreError::Encode { source } | StoreError::Record { source, .. } => Some(source),
             StoreError::Bitmap { source } => Some(source),
             StoreError::BitmapImage { source, .. } => Some(source),
+            StoreError::BatchRecord { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -843,6 +935,132 @@ fn decode_superblock(
             cursor,
         },
     ))
+}
+
+/// Records encoded and padded to whole blocks, back to back in one buffer,
+/// ready for [`ExtentStore::put_batch`]. Encoding (compression and
+/// checksums) needs no store, so it can run on a thread that does not hold
+/// the store; [`ExtentStore::new_batch`] makes one with the store's codec
+/// policy, checksum and block size.
+#[derive(Clone, Debug)]
+pub struct EncodedBatch {
+    block_bytes: u64,
+    policy: CodecPolicy,
+    checksum: ChecksumKind,
+    /// The records, each padded with zeros to whole blocks.
+    bytes: Vec<u8>,
+    /// `start_blocks[i]` is record `i`'s first block in `bytes`; one more
+    /// entry than records, the last being the total.
+    start_blocks: Vec<u64>,
+}
+
+impl EncodedBatch {
+    /// An empty batch whose records are padded to `block_bytes` (a power of
+    /// two in `BLOCK_BYTES_MIN..=BLOCK_BYTES_MAX`; panics otherwise), encoded
+    /// with `policy` and `checksum`.
+    pub fn new(block_bytes: u64, policy: CodecPolicy, checksum: ChecksumKind) -> EncodedBatch {
+        assert!(
+            block_bytes.is_power_of_two()
+                && (BLOCK_BYTES_MIN..=crate::device::BLOCK_BYTES_MAX).contains(&block_bytes),
+            "block size {block_bytes} is not a power of two in {BLOCK_BYTES_MIN}..={}",
+            crate::device::BLOCK_BYTES_MAX
+        );
+        EncodedBatch {
+            block_bytes,
+            policy,
+            checksum,
+            bytes: Vec::new(),
+            start_blocks: vec![0],
+        }
+    }
+
+    /// Encodes `payload` as the next record and returns its length in
+    /// blocks. [`StoreError::Encode`] (bad meta, too large) leaves the batch
+    /// unchanged.
+    pub fn push(&mut self, payload: &[u8], meta: &RecordMeta) -> Result<u64, StoreError> {
+        let start = self.bytes.len();
+        record::encode_into(payload, meta, self.policy, self.checksum, &mut self.bytes)
+            .map_err(|source| StoreError::Encode { source })?;
+        let len_blocks = ((self.bytes.len() - start) as u64).div_ceil(self.block_bytes);
+        self.bytes
+            .resize(start + (len_blocks * self.block_bytes) as usize, 0);
+        let end_block = self.total_blocks() + len_blocks;
+        self.start_blocks.push(end_block);
+        Ok(len_blocks)
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.start_blocks.len() - 1
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Blocks of all records together.
+    pub fn total_blocks(&self) -> u64 {
+        *self
+            .start_blocks
+            .last()
+            .expect("start_blocks is never empty")
+    }
+
+    /// Bytes of all records together (whole blocks).
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The block size the records are padded to.
+    pub fn block_bytes(&self) -> u64 {
+        self.block_bytes
+    }
+
+    /// Length of record `index` in blocks.
+    pub fn record_blocks(&self, index: usize) -> u64 {
+        self.start_blocks[index + 1] - self.start_blocks[index]
+    }
+
+    /// Forgets every record, keeping the buffer for reuse.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.start_blocks.truncate(1);
+    }
+
+    /// The bytes of records `range` (whole blocks, back to back).
+    fn bytes_of(&self, range: std::ops::Range<usize>) -> &[u8] {
+        let at = |index: usize| (self.start_blocks[index] * self.block_bytes) as usize;
+        &self.bytes[at(range.start)..at(range.end)]
+    }
+
+    /// Panics (with the values) unless the record starts increase, every
+    /// record has at least one block, and the buffer holds exactly the
+    /// records' blocks.
+    pub fn check_invariants(&self) {
+        assert_eq!(
+            self.start_blocks.first(),
+            Some(&0),
+            "first record start {:?}",
+            self.start_blocks.first()
+        );
+        for (index, pair) in self.start_blocks.windows(2).enumerate() {
+            assert!(
+                pair[1] > pair[0],
+                "record {index} spans blocks {}..{}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert_eq!(
+            self.bytes.len() as u64,
+            self.total_blocks() * self.block_bytes,
+            "buffer of {} bytes, records cover {} blocks of {}",
+            self.bytes.len(),
+            self.total_blocks(),
+            self.block_bytes
+        );
+    }
 }
 
 /// Spill records in extents of a block device. See the module documentation.
@@ -1069,7 +1287,7 @@ impl<D: BlockDevice> ExtentStore<D> {
                 });
             }
         }
-        let Some(extent) = self.bitmap.alloc_extent_near(len_blocks, self.cursor) else {
+        let Some(extent) = self.alloc_extent_avoiding_bad(len_blocks, self.cursor) else {
             return Err(StoreError::NoSpace {
                 requested_blocks: len_blocks,
                 free_blocks: self.bitmap.free_blocks(),
@@ -1086,49 +1304,475 @@ impl<D: BlockDevice> ExtentStore<D> {
             return Err(error);
         }
         self.live.insert(extent.start, extent.len);
-        self.cursor = if extent.end() >= self.layout.device_blocks {
-            self.layout.data_start
-        } else {
-            extent.end()
-        };
+        self.cursor = self.cursor_after(extent);
         Ok(extent)
     }
 
-    /// Reads and verifies the record at `extent` (exactly as `put` returned
-    /// it). No byte is returned unless the record's checksums match.
-    pub fn get(&self, extent: Extent) -> Result<DecodedRecord, StoreError> {
-        if self.live.get(&extent.start) != Some(&extent.len) {
-            return Err(StoreError::NotAllocated { extent });
+    /// An empty [`EncodedBatch`] with this store's block size, codec policy
+    /// and checksum.
+    pub fn new_batch(&self) -> EncodedBatch {
+        EncodedBatch::new(
+            self.layout.block_bytes,
+            self.config.policy,
+            self.config.checksum,
+        )
+    }
+
+    /// Puts every `(payload, meta)` of `items` as one batch: encodes them
+    /// all, allocates their extents next-fit in order (so they usually land
+    /// back to back), and writes each run of adjacent extents with one
+    /// device write. Returns the extents in the order of `items`. Durable
+    /// once the next [`commit`](Self::commit) returns `Ok`.
+    ///
+    /// **All or nothing.** If any record fails, the batch is refused as a
+    /// whole: no record of it is stored, every extent it allocated is
+    /// released and the next-fit cursor is back where it was. A failure
+    /// concerning one record is [`StoreError::BatchRecord`] naming its index
+    /// (with [`StoreError::Encode`], [`StoreError::NoSpace`] or a write error
+    /// as for [`put`](Self::put) inside); [`StoreError::CapExceeded`] (for
+    /// the whole batch's blocks) and [`StoreError::NeedsReopen`] come
+    /// unwrapped. As for `put`, remaps made before a failure stay.
+    ///
+    /// Writes go through the remap table like `put`'s: when the write of a
+    /// run fails, its records are rewritten one by one with `put`'s
+    /// per-block fallback, so each bad block is remapped (or the batch
+    /// fails with the index of the record holding it).
+    pub fn put_many(&mut self, items: &[(&[u8], &RecordMeta)]) -> Result<Vec<Extent>, StoreError> {
+        if self.needs_reopen {
+            return Err(StoreError::NeedsReopen);
+        }
+        let mut batch = self.new_batch();
+        for (index, (payload, meta)) in items.iter().enumerate() {
+            batch
+                .push(payload, meta)
+                .map_err(|source| StoreError::BatchRecord {
+                    index,
+                    records: items.len(),
+                    source: Box::new(source),
+                })?;
+        }
+        self.put_batch(&batch)
+    }
+
+    /// Puts the records of an [`EncodedBatch`] (see
+    /// [`put_many`](Self::put_many), whose semantics and errors apply;
+    /// [`StoreError::BatchBlockSize`] if the batch was padded for another
+    /// block size).
+    pub fn put_batch(&mut self, batch: &EncodedBatch) -> Result<Vec<Extent>, StoreError> {
+        self.put_encoded(batch, 0..batch.len())
+            .map_err(|(index, source)| match index {
+                Some(index) => StoreError::BatchRecord {
+                    index,
+                    records: batch.len(),
+                    source: Box::new(source),
+                },
+                None => source,
+            })
+    }
+
+    /// Puts records `range` of `batch`, all or nothing (see
+    /// [`put_many`](Self::put_many)). On error returns the index of the
+    /// record the error concerns, if it concerns one.
+    pub(crate) fn put_encoded(
+        &mut self,
+        batch: &EncodedBatch,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<Extent>, (Option<usize>, StoreError)> {
+        if self.needs_reopen {
+            return Err((None, StoreError::NeedsReopen));
         }
         let block_bytes = self.layout.block_bytes;
-        let mut bytes = vec![0u8; (extent.len * block_bytes) as usize];
-        for run in self.route(extent)? {
-            let at = ((run.logical_block - extent.start) * block_bytes) as usize;
-            let len = (run.len_blocks * block_bytes) as usize;
-            if let Err(source) = self
-                .device
-                .read_at(run.device_block * block_bytes, &mut bytes[at..at + len])
-            {
-                self.read_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(StoreError::Device {
-                    op: "read record",
-                    source,
-                });
+        if batch.block_bytes != block_bytes {
+            return Err((
+                None,
+                StoreError::BatchBlockSize {
+                    batch_block_bytes: batch.block_bytes,
+                    store_block_bytes: block_bytes,
+                },
+            ));
+        }
+        let requested_bytes =
+            (batch.start_blocks[range.end] - batch.start_blocks[range.start]) * block_bytes;
+        let used_bytes = self.bitmap.allocated_blocks() * block_bytes;
+        if let Some(cap_bytes) = self.config.cap_bytes {
+            if used_bytes.saturating_add(requested_bytes) > cap_bytes {
+                return Err((
+                    None,
+                    StoreError::CapExceeded {
+                        requested_bytes,
+                        used_bytes,
+                        cap_bytes,
+                    },
+                ));
             }
         }
+        let cursor_before = self.cursor;
+        let mut extents = Vec::with_capacity(range.len());
+        let mut outcome = Ok(());
+        for index in range.clone() {
+            let len_blocks = batch.record_blocks(index);
+            match self.alloc_extent_avoiding_bad(len_blocks, self.cursor) {
+                Some(extent) => {
+                    extents.push(extent);
+                    self.cursor = self.cursor_after(extent);
+                }
+                None => {
+                    outcome = Err((index, len_blocks));
+                    break;
+                }
+            }
+        }
+        let result = match outcome {
+            Ok(()) => self
+                .write_extents(&extents, batch, range.start)
+                .map_err(|(index, error)| (Some(index), error)),
+            Err((index, requested_blocks)) => {
+                // Numbers as the caller will see the store: batch released.
+                self.release(&extents);
+                extents.clear();
+                Err((
+                    Some(index),
+                    StoreError::NoSpace {
+                        requested_blocks,
+                        free_blocks: self.bitmap.free_blocks(),
+                        largest_free_run_blocks: self.bitmap.largest_free_run_blocks(),
+                    },
+                ))
+            }
+        };
+        if let Err(error) = result {
+            self.release(&extents);
+            self.cursor = cursor_before;
+            return Err(error);
+        }
+        for extent in &extents {
+            self.live.insert(extent.start, extent.len);
+        }
+        Ok(extents)
+    }
+
+    /// Frees extents allocated (and not made live) by a failed batch.
+    fn release(&mut self, extents: &[Extent]) {
+        for &extent in extents {
+            self.bitmap
+                .free_extent(extent)
+                .expect("an extent just allocated can be freed");
+        }
+    }
+
+    /// Allocates an extent of `len_blocks` next-fit from `hint` that holds
+    /// no block found bad this session without a spare (such a block would
+    /// fail every write again). Extents that do are held while the search
+    /// moves past the bad block, then released; after
+    /// [`BAD_BLOCK_SKIPS_MAX`] skips the search gives up (`None`, reported as
+    /// no space).
+    fn alloc_extent_avoiding_bad(&mut self, len_blocks: u64, hint: u64) -> Option<Extent> {
+        let mut held = Vec::new();
+        let mut hint = hint;
+        let mut found = None;
+        for _ in 0..=BAD_BLOCK_SKIPS_MAX {
+            let Some(extent) = self.bitmap.alloc_extent_near(len_blocks, hint) else {
+                break;
+            };
+            match self
+                .unmapped_bad
+                .range(extent.start..extent.end())
+                .next_back()
+            {
+                None => {
+                    found = Some(extent);
+                    break;
+                }
+                Some(&bad) => {
+                    held.push(extent);
+                    hint = bad + 1;
+                }
+            }
+        }
+        for extent in held {
+            self.bitmap
+                .free_extent(extent)
+                .expect("an extent just allocated can be freed");
+        }
+        found
+    }
+
+    /// The next-fit cursor after allocating `extent`: the block after it,
+    /// wrapping to the data area's start at the end of the device.
+    fn cursor_after(&self, extent: Extent) -> u64 {
+        if extent.end() >= self.layout.device_blocks {
+            self.layout.data_start
+        } else {
+            extent.end()
+        }
+    }
+
+    /// Writes records `first_index..` of `batch` at `extents` (one per
+    /// record, in order): each run of adjacent extents with one write per
+    /// routed run; a run whose fast write fails is rewritten record by
+    /// record through [`Self::write_data`] (per-block fallback and remap).
+    /// On error returns the failing record's index in `batch`.
+    fn write_extents(
+        &mut self,
+        extents: &[Extent],
+        batch: &EncodedBatch,
+        first_index: usize,
+    ) -> Result<(), (usize, StoreError)> {
+        let mut run_start = 0;
+        while run_start < extents.len() {
+            let mut run_end = run_start + 1;
+            while run_end < extents.len() && extents[run_end].start == extents[run_end - 1].end() {
+                run_end += 1;
+            }
+            let span = Extent {
+                start: extents[run_start].start,
+                len: extents[run_end - 1].end() - extents[run_start].start,
+            };
+            let bytes = batch.bytes_of(first_index + run_start..first_index + run_end);
+            if !self.try_write_span(span, bytes) {
+                for (offset, &extent) in extents[run_start..run_end].iter().enumerate() {
+                    let index = first_index + run_start + offset;
+                    self.write_data(extent, batch.bytes_of(index..index + 1))
+                        .map_err(|error| (index, error))?;
+                }
+            }
+            run_start = run_end;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` at `span`, one write per routed run, with no fallback:
+    /// `false` as soon as anything fails (the caller then takes the slow,
+    /// per-block path, which counts the errors).
+    fn try_write_span(&self, span: Extent, bytes: &[u8]) -> bool {
+        let block_bytes = self.layout.block_bytes;
+        let Ok(runs) = self.route(span) else {
+            return false;
+        };
+        runs.iter().all(|run| {
+            let at = ((run.logical_block - span.start) * block_bytes) as usize;
+            let len = (run.len_blocks * block_bytes) as usize;
+            self.device
+                .write_at(run.device_block * block_bytes, &bytes[at..at + len])
+                .is_ok()
+        })
+    }
+
+    /// Reads and verifies the record at `extent` (exactly as `put` returned
+    /// it). No byte is returned unless the record's checksums match. Built
+    /// on [`get_into`](Self::get_into) with a fresh buffer; reuse a
+    /// [`ReadBuf`] with `get_into` to avoid the allocations and the copy.
+    pub fn get(&self, extent: Extent) -> Result<DecodedRecord, StoreError> {
+        let mut buf = ReadBuf::new();
+        let view = self.get_into(extent, &mut buf)?;
+        let header = view.header;
+        let payload = match header.codec {
+            Codec::None => view.payload.to_vec(),
+            // Already an owned buffer: take it rather than copy it.
+            Codec::Lz4 | Codec::Zstd { .. } => buf.take_decoded(),
+        };
+        Ok(DecodedRecord {
+            meta: header.meta,
+            codec: header.codec,
+            checksum_kind: header.checksum_kind,
+            payload,
+        })
+    }
+
+    /// Reads the record at `extent` (exactly as `put` returned it) into
+    /// `buf` and returns a view of it once both checksums match: the same
+    /// checks, errors and counters as [`get`](Self::get). A raw record's
+    /// payload is a slice of `buf`'s block-aligned read window (no copy);
+    /// an lz4 or zstd payload is decompressed into `buf`'s second buffer.
+    /// Both buffers are reused by the next read.
+    ///
+    /// ```
+    /// use strata_disk::device::MemDevice;
+    /// use strata_disk::record::{ChecksumKind, Codec, CodecPolicy, Dtype, RecordMeta};
+    /// use strata_disk::store::{ExtentStore, ReadBuf, StoreConfig};
+    ///
+    /// let config = StoreConfig {
+    ///     cap_bytes: None,
+    ///     policy: CodecPolicy::None,
+    ///     checksum: ChecksumKind::Xxh3,
+    ///     spare_blocks: 4,
+    /// };
+    /// let device = MemDevice::new(64 * 512, 512).unwrap();
+    /// let mut store = ExtentStore::create(device, config).unwrap();
+    /// let meta = RecordMeta { dtype: Dtype::Bytes, shape: vec![3] };
+    /// let extents = store.put_many(&[(b"abc", &meta), (b"xyz", &meta)]).unwrap();
+    /// let mut buf = ReadBuf::new();
+    /// let view = store.get_into(extents[1], &mut buf).unwrap();
+    /// assert_eq!((view.payload(), view.codec()), (&b"xyz"[..], Codec::None));
+    /// ```
+    pub fn get_into<'buf>(
+        &self,
+        extent: Extent,
+        buf: &'buf mut ReadBuf,
+    ) -> Result<RecordView<'buf>, StoreError> {
+        self.check_live(extent)?;
+        let block_bytes = self.layout.block_bytes;
+        let window = buf.window((extent.len * block_bytes) as usize, block_bytes as usize);
+        if let Err(source) = self.read_span(extent, window) {
+            self.read_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Device {
+                op: "read record",
+                source,
+            });
+        }
+        self.view_in(extent, buf, 0)
+    }
+
+    /// Reads and verifies every record of `extents` and returns the results
+    /// in the order of `extents`, one per entry (an entry that is not a live
+    /// record gets [`StoreError::NotAllocated`]; the others are unaffected).
+    /// See [`get_many_with`](Self::get_many_with) for how reads are
+    /// coalesced; this copies each payload out once.
+    pub fn get_many(&self, extents: &[Extent]) -> Vec<Result<DecodedRecord, StoreError>> {
+        let mut results: Vec<Option<Result<DecodedRecord, StoreError>>> =
+            extents.iter().map(|_| None).collect();
+        let mut buf = ReadBuf::new();
+        self.get_many_with(extents, &mut buf, |index, result| {
+            results[index] = Some(result.map(|view| view.to_decoded()));
+        });
+        results
+            .into_iter()
+            .map(|result| result.expect("get_many_with visits every index once"))
+            .collect()
+    }
+
+    /// Reads and verifies every record of `extents`, calling
+    /// `visit(index, result)` once per entry, `index` being its position in
+    /// `extents`. Records are read in block order: adjacent extents (one
+    /// ending where the next starts) are coalesced into one device read of
+    /// at most [`GET_MANY_READ_BYTES_MAX`] bytes (a larger record alone is
+    /// read whole) into `buf`, then each is verified exactly as
+    /// [`get_into`](Self::get_into) does and visited with a view into
+    /// `buf`. Visits therefore come in block order, not in the order of
+    /// `extents`. If a coalesced read fails, its records are read again one
+    /// by one, so a read error costs only the records it touches (and
+    /// [`StoreStats::read_errors`] counts those reads).
+    pub fn get_many_with(
+        &self,
+        extents: &[Extent],
+        buf: &mut ReadBuf,
+        mut visit: impl FnMut(usize, Result<RecordView<'_>, StoreError>),
+    ) {
+        let block_bytes = self.layout.block_bytes;
+        let mut order: Vec<usize> = (0..extents.len()).collect();
+        order.sort_by_key(|&index| (extents[index].start, index));
+        let mut group_start = 0;
+        while group_start < order.len() {
+            let first = extents[order[group_start]];
+            if let Err(error) = self.check_live(first) {
+                visit(order[group_start], Err(error));
+                group_start += 1;
+                continue;
+            }
+            let mut group_end = group_start + 1;
+            let mut span_end = first.end();
+            while group_end < order.len() {
+                let next = extents[order[group_end]];
+                let fits = (next.end() - first.start) * block_bytes <= GET_MANY_READ_BYTES_MAX;
+                if next.start != span_end || !fits || self.check_live(next).is_err() {
+                    break;
+                }
+                span_end = next.end();
+                group_end += 1;
+            }
+            let group = &order[group_start..group_end];
+            group_start = group_end;
+            if group.len() == 1 {
+                visit(group[0], self.get_into(first, buf));
+                continue;
+            }
+            let span = Extent {
+                start: first.start,
+                len: span_end - first.start,
+            };
+            let window = buf.window((span.len * block_bytes) as usize, block_bytes as usize);
+            if self.read_span(span, window).is_ok() {
+                for &index in group {
+                    let extent = extents[index];
+                    let at = ((extent.start - span.start) * block_bytes) as usize;
+                    visit(index, self.view_in(extent, buf, at));
+                }
+            } else {
+                for &index in group {
+                    visit(index, self.get_into(extents[index], buf));
+                }
+            }
+        }
+    }
+
+    /// [`StoreError::NotAllocated`] unless `extent` is a live record exactly.
+    fn check_live(&self, extent: Extent) -> Result<(), StoreError> {
+        if self.live.get(&extent.start) == Some(&extent.len) {
+            Ok(())
+        } else {
+            Err(StoreError::NotAllocated { extent })
+        }
+    }
+
+    /// Reads the blocks of `span` (routed around remapped blocks) into
+    /// `window`, exactly `span.len` blocks. Counts nothing.
+    fn read_span(&self, span: Extent, window: &mut [u8]) -> Result<(), DeviceError> {
+        let block_bytes = self.layout.block_bytes;
+        let runs = self
+            .table
+            .route(span.start, span.len)
+            .expect("a live extent lies inside the device");
+        for run in runs {
+            let at = ((run.logical_block - span.start) * block_bytes) as usize;
+            let len = (run.len_blocks * block_bytes) as usize;
+            self.device
+                .read_at(run.device_block * block_bytes, &mut window[at..at + len])?;
+        }
+        Ok(())
+    }
+
+    /// Verifies the record of `extent` at byte `at` of `buf`'s window and
+    /// views it, decompressing into `buf` if needed. Counts checksum
+    /// failures.
+    fn view_in<'buf>(
+        &self,
+        extent: Extent,
+        buf: &'buf mut ReadBuf,
+        at: usize,
+    ) -> Result<RecordView<'buf>, StoreError> {
         let location = RecordLocation {
             start_block: extent.start,
             len_blocks: extent.len,
         };
-        record::decode(&bytes, location).map_err(|source| {
-            if matches!(
-                source,
-                RecordError::HeaderChecksum { .. } | RecordError::PayloadChecksum { .. }
-            ) {
-                self.checksum_failures.fetch_add(1, Ordering::Relaxed);
+        let (window, decoded) = buf.parts();
+        let bytes = &window[at..at + (extent.len * self.layout.block_bytes) as usize];
+        let VerifiedRecord {
+            header,
+            stored_range,
+        } = record::verify(bytes, location).map_err(|source| self.record_error(extent, source))?;
+        let stored = &bytes[stored_range];
+        let payload = match header.codec {
+            Codec::None => stored,
+            Codec::Lz4 | Codec::Zstd { .. } => {
+                decoded.clear();
+                record::decompress_into(&header, stored, location, decoded)
+                    .map_err(|source| self.record_error(extent, source))?;
+                let decoded: &'buf Vec<u8> = decoded;
+                decoded.as_slice()
             }
-            StoreError::Record { extent, source }
-        })
+        };
+        Ok(RecordView { header, payload })
+    }
+
+    /// Wraps a record error for `extent`, counting checksum mismatches.
+    fn record_error(&self, extent: Extent, source: RecordError) -> StoreError {
+        if matches!(
+            source,
+            RecordError::HeaderChecksum { .. } | RecordError::PayloadChecksum { .. }
+        ) {
+            self.checksum_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        StoreError::Record { extent, source }
     }
 
     /// The runs of `extent` on the device: normal blocks in place, remapped

@@ -303,6 +303,18 @@ fn spare_exhaustion_refuses_the_put_and_keeps_everything_stored() {
     for (extent, payload) in &stored {
         assert_eq!(&store.get(*extent).unwrap().payload, payload);
     }
+    // The next put steps over the bad block and succeeds.
+    let past = store.put(&[8u8; 200], &meta(200)).unwrap();
+    assert_eq!(
+        past,
+        Extent {
+            start: data + 5,
+            len: 1
+        }
+    );
+    assert_eq!(store.stats().bad_blocks, 3);
+    store.free(past).unwrap();
+    store.check_invariants();
     // Commits and reopens keep working and keep everything.
     store.commit().unwrap();
     drop(store);
