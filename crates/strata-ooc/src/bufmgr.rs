@@ -28,13 +28,12 @@
 //! once they are on the spill target).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use strata_pool::budget::Reservation;
 use strata_pool::size_class::{class_for, class_size_bytes};
-use strata_pool::{HybridPool, PoolBox};
+use strata_pool::{HybridPool, PoolBox, SAMPLE_PAGE_BLOCK_BYTES_MAX};
 
 pub use crate::error::OocError;
 use crate::policy::{ChunkKey, EvictionPolicy};
@@ -45,6 +44,25 @@ pub const CHUNK_ALIGN_BYTES: u64 = 64;
 /// Page granule the pool rounds large blocks to (mirrors the pool's rule,
 /// checked against the real block size after each allocation).
 const LARGE_GRANULE_BYTES: u64 = 4096;
+
+/// Bytes the engine asks the pool for to hold `len_bytes`: at least one more
+/// than the largest block the pool's profiler may place on a page of its
+/// own, so a sampled buffer takes exactly its size class like any other and
+/// the plan's byte counts hold whatever the sampler picks.
+pub fn pool_request_bytes(len_bytes: u64) -> u64 {
+    len_bytes.max(SAMPLE_PAGE_BLOCK_BYTES_MAX + 1)
+}
+
+/// The pool block (what the budget is charged) behind a buffer of
+/// `len_bytes` taken by the engine: the size class of
+/// [`pool_request_bytes`], or that rounded to a page for large blocks.
+pub fn pool_block_bytes(len_bytes: u64) -> u64 {
+    let request = pool_request_bytes(len_bytes);
+    match class_for(request, CHUNK_ALIGN_BYTES) {
+        Some(class) => class_size_bytes(class),
+        None => request.next_multiple_of(LARGE_GRANULE_BYTES),
+    }
+}
 
 /// Reads chunks that can be read again at any time (source arrays).
 pub trait ChunkLoader: Sync {
@@ -146,14 +164,16 @@ pub struct Pinned<'m, 'p> {
     manager: &'m BufferManager<'p>,
     key: ChunkKey,
     data: Arc<PoolBox<'p>>,
+    len_bytes: usize,
 }
 
 impl Pinned<'_, '_> {
     /// The chunk's bytes.
     pub fn bytes(&self) -> &[u8] {
-        self.data
+        &self
+            .data
             .as_bytes()
-            .expect("a ready chunk buffer is initialised")
+            .expect("a ready chunk buffer is initialised")[..self.len_bytes]
     }
 
     /// The chunk's key.
@@ -180,7 +200,7 @@ impl Drop for Pinned<'_, '_> {
 
 /// What [`BufferManager::pin_or_load`] found under the lock.
 enum Found<'p> {
-    Ready(Arc<PoolBox<'p>>),
+    Ready(Arc<PoolBox<'p>>, usize),
     Loading,
     Absent,
 }
@@ -249,7 +269,7 @@ impl<'p> BufferManager<'p> {
         let mut waited = false;
         loop {
             match Self::find(&mut state, key) {
-                Found::Ready(data) => {
+                Found::Ready(data, len_bytes) => {
                     let entry = state.entries.get_mut(&key).expect("found");
                     if entry.pins == 0 {
                         let bytes = entry.block_bytes;
@@ -277,6 +297,7 @@ impl<'p> BufferManager<'p> {
                         manager: self,
                         key,
                         data,
+                        len_bytes,
                     });
                 }
                 Found::Loading => {
@@ -285,7 +306,7 @@ impl<'p> BufferManager<'p> {
                 }
                 Found::Absent => {
                     drop(state);
-                    if let Some(data) = self.load(key, 1)? {
+                    if let Some((data, len_bytes)) = self.load(key, 1)? {
                         let mut state = self.lock();
                         state.stats.misses += 1;
                         state.stats.stall_ns += elapsed_ns(started);
@@ -293,6 +314,7 @@ impl<'p> BufferManager<'p> {
                             manager: self,
                             key,
                             data,
+                            len_bytes,
                         });
                     }
                     // Raced with another loader: wait for it like any pin.
@@ -336,7 +358,7 @@ impl<'p> BufferManager<'p> {
         else {
             panic!("intermediate chunk {key} inserted twice");
         };
-        data.as_bytes_mut().copy_from_slice(bytes);
+        data.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
         self.publish(key, data, block_bytes);
         Ok(())
     }
@@ -371,19 +393,17 @@ impl<'p> BufferManager<'p> {
     fn find(state: &mut State<'p>, key: ChunkKey) -> Found<'p> {
         match state.entries.get(&key) {
             Some(Entry {
-                data: Some(data), ..
-            }) => Found::Ready(Arc::clone(data)),
+                data: Some(data),
+                len_bytes,
+                ..
+            }) => Found::Ready(Arc::clone(data), *len_bytes as usize),
             Some(_) => Found::Loading,
             None => Found::Absent,
         }
     }
 
-    /// The pool block size for `len_bytes` (what the pool will charge).
     fn block_bytes_for(len_bytes: u64) -> u64 {
-        match class_for(len_bytes, CHUNK_ALIGN_BYTES) {
-            Some(class) => class_size_bytes(class),
-            None => len_bytes.next_multiple_of(LARGE_GRANULE_BYTES),
-        }
+        pool_block_bytes(len_bytes)
     }
 
     /// Makes room for and allocates a buffer for `key` (registering a
@@ -403,32 +423,7 @@ impl<'p> BufferManager<'p> {
                 // Another thread got there first.
                 return Ok(None);
             }
-            while state.held_bytes + block_bytes > self.capacity_bytes {
-                let State {
-                    entries, policy, ..
-                } = &mut *state;
-                let victim = policy
-                    .victim(&mut |k| entries.get(&k).is_some_and(|e| e.pins == 0 && e.data.is_some()));
-                let Some(victim) = victim else {
-                    return Err(OocError::CacheFull {
-                        key,
-                        needed_bytes: block_bytes,
-                        capacity_bytes: self.capacity_bytes,
-                        pinned_bytes: state.pinned_bytes,
-                    });
-                };
-                let entry = state.entries.remove(&victim).expect("victims are resident");
-                state.held_bytes -= entry.block_bytes;
-                state.stats.evictions += 1;
-                if entry.prefetched {
-                    state.stats.prefetch_wasted += 1;
-                }
-                // An intermediate already on the spill target (reloaded,
-                // never changed since) is just dropped.
-                if entry.intermediate && !state.spilled.contains_key(&victim) {
-                    to_spill.push((victim, entry));
-                }
-            }
+            self.make_room(&mut state, key, block_bytes, &mut to_spill)?;
             // Claim the room before the lock drops.
             state.held_bytes += block_bytes;
             state.stats.peak_held_bytes = state.stats.peak_held_bytes.max(state.held_bytes);
@@ -451,23 +446,83 @@ impl<'p> BufferManager<'p> {
         }
         let result = self.spill_evicted(to_spill).and_then(|()| {
             self.pool
-                .alloc_charged(len_bytes, CHUNK_ALIGN_BYTES, self.reservation)
+                .alloc_charged(pool_request_bytes(len_bytes), CHUNK_ALIGN_BYTES, self.reservation)
                 .map_err(|source| OocError::Pool { key, source })
         });
-        match result {
-            Ok(block) => {
-                assert_eq!(
-                    block.block_bytes(),
-                    block_bytes,
-                    "pool block size differs from the manager's estimate for {len_bytes} bytes"
-                );
-                Ok(Some((block, block_bytes)))
-            }
+        let block = match result {
+            Ok(block) => block,
             Err(error) => {
                 self.abandon(key);
-                Err(error)
+                return Err(error);
+            }
+        };
+        // The pool may hand out more than the size class (a sampled small
+        // block takes a page): account for the real size, evicting more if
+        // that overflows the capacity.
+        let real_bytes = block.block_bytes();
+        if real_bytes != block_bytes {
+            let mut to_spill = Vec::new();
+            let grown = {
+                let mut state = self.lock();
+                let entry = state.entries.get_mut(&key).expect("loading entry");
+                entry.block_bytes = real_bytes;
+                state.held_bytes = state.held_bytes - block_bytes + real_bytes;
+                if pins > 0 {
+                    state.pinned_bytes = state.pinned_bytes - block_bytes + real_bytes;
+                }
+                let made = self.make_room(&mut state, key, 0, &mut to_spill);
+                state.stats.peak_held_bytes = state.stats.peak_held_bytes.max(state.held_bytes);
+                state.stats.peak_pinned_bytes =
+                    state.stats.peak_pinned_bytes.max(state.pinned_bytes);
+                made
+            };
+            if let Err(error) = grown.and_then(|()| self.spill_evicted(to_spill)) {
+                drop(block);
+                self.abandon(key);
+                return Err(error);
             }
         }
+        Ok(Some((block, real_bytes)))
+    }
+
+    /// Evicts unpinned ready entries in the policy's order until
+    /// `extra_bytes` more fit the capacity. Evicted intermediates not yet on
+    /// the spill target go to `to_spill` (spilled by the caller, outside the
+    /// lock).
+    fn make_room(
+        &self,
+        state: &mut State<'p>,
+        key: ChunkKey,
+        extra_bytes: u64,
+        to_spill: &mut Vec<(ChunkKey, Entry<'p>)>,
+    ) -> Result<(), OocError> {
+        while state.held_bytes + extra_bytes > self.capacity_bytes {
+            let State {
+                entries, policy, ..
+            } = &mut *state;
+            let victim = policy
+                .victim(&mut |k| entries.get(&k).is_some_and(|e| e.pins == 0 && e.data.is_some()));
+            let Some(victim) = victim else {
+                return Err(OocError::CacheFull {
+                    key,
+                    needed_bytes: extra_bytes,
+                    capacity_bytes: self.capacity_bytes,
+                    pinned_bytes: state.pinned_bytes,
+                });
+            };
+            let entry = state.entries.remove(&victim).expect("victims are resident");
+            state.held_bytes -= entry.block_bytes;
+            state.stats.evictions += 1;
+            if entry.prefetched {
+                state.stats.prefetch_wasted += 1;
+            }
+            // An intermediate already on the spill target (reloaded, never
+            // changed since) is just dropped.
+            if entry.intermediate && !state.spilled.contains_key(&victim) {
+                to_spill.push((victim, entry));
+            }
+        }
+        Ok(())
     }
 
     /// Writes evicted intermediates to the spill target; their buffers are
@@ -522,7 +577,11 @@ impl<'p> BufferManager<'p> {
 
     /// Loads `key` from the spill target or its source, with `pins` pins;
     /// `None` if another thread registered it first.
-    fn load(&self, key: ChunkKey, pins: u32) -> Result<Option<Arc<PoolBox<'p>>>, OocError> {
+    fn load(
+        &self,
+        key: ChunkKey,
+        pins: u32,
+    ) -> Result<Option<(Arc<PoolBox<'p>>, usize)>, OocError> {
         let spilled = self.lock().spilled.get(&key).copied();
         let len_bytes = match spilled {
             Some(handle) => handle.bytes,
@@ -533,7 +592,7 @@ impl<'p> BufferManager<'p> {
         else {
             return Ok(None);
         };
-        let out = block.as_bytes_mut();
+        let out = &mut block.as_bytes_mut()[..len_bytes as usize];
         let filled = match (spilled, self.spill) {
             (Some(handle), Some(spill)) => spill.reload(key, handle, out),
             (Some(_), None) => Err(OocError::UnknownChunk { key }),
@@ -550,7 +609,7 @@ impl<'p> BufferManager<'p> {
                 None => state.stats.source_read_bytes += len_bytes,
             }
         }
-        Ok(Some(self.publish(key, block, block_bytes)))
+        Ok(Some((self.publish(key, block, block_bytes), len_bytes as usize)))
     }
 
     /// O(entries) check; panics with the values.

@@ -28,7 +28,9 @@ use strata_array::meta::ArrayMeta;
 use strata_pool::budget::{GreedyPool, MemoryConsumer, MemoryPool, TrackConsumersPool};
 use strata_pool::{HybridPool, PoolBox, PoolConfig};
 
-use crate::bufmgr::{BufferManager, CacheStats, ChunkLoader, OocError, CHUNK_ALIGN_BYTES};
+use crate::bufmgr::{
+    pool_request_bytes, BufferManager, CacheStats, ChunkLoader, OocError, CHUNK_ALIGN_BYTES,
+};
 use crate::einsum::{Contraction, EinsumSpec, LabelRole};
 use crate::pack::{pack_chunk, permute, LabeledBlock};
 use crate::plan::{plan_contraction, OperandChunks, PlanRequest, Step, TilePlan};
@@ -437,7 +439,7 @@ impl<'a> ContractionJob<'a> {
         let memory = self.plan.memory;
         let elem = std::mem::size_of::<T>() as u64;
         let alloc = |bytes: u64| -> Result<PoolBox<'_>, OocError> {
-            pool.alloc_charged(bytes.max(elem), CHUNK_ALIGN_BYTES, &tiles_reservation)
+            pool.alloc_charged(pool_request_bytes(bytes.max(elem)), CHUNK_ALIGN_BYTES, &tiles_reservation)
                 .map_err(|source| OocError::Pool {
                     key: ChunkKey(u64::MAX),
                     source,
@@ -477,7 +479,8 @@ impl<'a> ContractionJob<'a> {
             if config.prefetch {
                 let prefetch_bytes = cache_capacity / 100 * PREFETCH_SHARE_PERCENT;
                 let (manager, accesses, position, done) = (&manager, &accesses, &position, &done);
-                scope.spawn(move || prefetch_loop(manager, accesses, position, done, prefetch_bytes, &loader));
+                let loader: &dyn ChunkLoader = &loader;
+                scope.spawn(move || prefetch_loop(manager, accesses, position, done, prefetch_bytes, loader));
             }
             let outcome = (|| -> Result<(), OocError> {
                 let mut cursor = 0usize;
@@ -703,9 +706,9 @@ impl<T: GemmElement> ChunkLoader for SourceLoader<'_, '_, T> {
         let raw_len = meta.chunk_len_bytes_at(&grid) as u64;
         let mut raw = self
             .pool
-            .alloc_charged(raw_len, CHUNK_ALIGN_BYTES, self.reservation)
+            .alloc_charged(pool_request_bytes(raw_len), CHUNK_ALIGN_BYTES, self.reservation)
             .map_err(|source| OocError::Pool { key, source })?;
-        let raw = raw.as_bytes_mut();
+        let raw = &mut raw.as_bytes_mut()[..raw_len as usize];
         source.read_chunk(&grid, raw).map_err(source_error)?;
         decode_elements::<T>(meta.dtype(), raw, bytemuck::cast_slice_mut(out));
         Ok(())

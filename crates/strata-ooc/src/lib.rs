@@ -35,4 +35,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bufmgr;
+pub mod contract;
+pub mod einsum;
+pub mod error;
+pub mod pack;
+pub mod plan;
 pub mod policy;

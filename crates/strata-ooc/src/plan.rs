@@ -53,6 +53,7 @@
 
 use std::fmt;
 
+use crate::bufmgr::pool_block_bytes;
 use crate::einsum::{Contraction, LabelRole};
 
 /// Depth (contracted elements) the planner aims for per step: long enough
@@ -522,18 +523,28 @@ impl<'a> CostModel<'a> {
             .map(|c| chunk_bytes(c, c.element_bytes))
             .max()
             .unwrap_or(0);
+        // Every figure is the pool block the buffer takes (its size class
+        // or page-rounded length), which is what the budget is charged.
         MemoryPlan {
-            accumulator_bytes: output_elements.saturating_mul(bytes),
-            staging_bytes: output_elements.saturating_mul(bytes + self.request.output_element_bytes),
-            conversion_bytes: LOADING_THREADS.saturating_mul(conversion_bytes),
+            accumulator_bytes: pool_block_bytes(output_elements.saturating_mul(bytes)),
+            staging_bytes: pool_block_bytes(
+                output_elements.saturating_mul(bytes + self.request.output_element_bytes),
+            ),
+            conversion_bytes: if conversion_bytes == 0 {
+                0
+            } else {
+                LOADING_THREADS.saturating_mul(pool_block_bytes(conversion_bytes))
+            },
             // A packed tile spans its own labels plus the contracted labels
             // only B has (A is constant along them).
-            packed_a_bytes: self
-                .elements(tiles, &spec.a, Some(LabelRole::Contracted))
-                .saturating_mul(bytes),
-            packed_b_bytes: self
-                .elements(tiles, &spec.b, Some(LabelRole::Contracted))
-                .saturating_mul(bytes),
+            packed_a_bytes: pool_block_bytes(
+                self.elements(tiles, &spec.a, Some(LabelRole::Contracted))
+                    .saturating_mul(bytes),
+            ),
+            packed_b_bytes: pool_block_bytes(
+                self.elements(tiles, &spec.b, Some(LabelRole::Contracted))
+                    .saturating_mul(bytes),
+            ),
             cache_bytes: 0,
         }
     }
@@ -543,8 +554,9 @@ impl<'a> CostModel<'a> {
     fn cache_min_bytes(&self) -> u64 {
         // The cache holds chunks converted to the compute type.
         let bytes = self.request.compute_element_bytes;
-        CACHE_CHUNKS_MIN
-            .saturating_mul(chunk_bytes(&self.request.a, bytes).max(chunk_bytes(&self.request.b, bytes)))
+        CACHE_CHUNKS_MIN.saturating_mul(pool_block_bytes(
+            chunk_bytes(&self.request.a, bytes).max(chunk_bytes(&self.request.b, bytes)),
+        ))
     }
 
     /// The memory plan if `tiles` fit the budget.
@@ -685,7 +697,7 @@ mod tests {
     #[test]
     fn too_small_budget_names_what_it_needs() {
         let c = EinsumSpec::matmul().bind(&[1024, 1024], &[1024, 1024]).unwrap();
-        let error = plan_contraction(&request(&c, &[256, 256], &[256, 256], 1 << 20)).unwrap_err();
+        let error = plan_contraction(&request(&c, &[256, 256], &[256, 256], 512 << 10)).unwrap_err();
         let PlanError::BudgetTooSmall { needed_bytes, .. } = error else {
             panic!("{error}");
         };

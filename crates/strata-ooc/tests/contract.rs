@@ -9,6 +9,7 @@ use strata_array::dtype::DataType;
 use strata_array::error::ArrayError;
 use strata_array::mem::MemArray;
 use strata_array::meta::ArrayMeta;
+use strata_pool::budget::MemoryPool;
 use strata_ooc::bufmgr::OocError;
 use strata_ooc::contract::{ContractionJob, Engine, PolicyKind, RunConfig};
 use strata_ooc::einsum::EinsumSpec;
@@ -229,7 +230,7 @@ struct Failing {
 
 impl ChunkSource for Failing {
     fn meta(&self) -> &ArrayMeta {
-        self.inner.meta()
+        ChunkSource::meta(&self.inner)
     }
     fn name(&self) -> &str {
         "failing"
