@@ -126,12 +126,17 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
+    /// Allocated minus freed bytes. A thread that frees blocks another
+    /// thread allocated may merge its frees before the allocating thread
+    /// merges the allocations, so merged totals can briefly show more freed
+    /// than allocated: the figure is then 0 until the allocations arrive.
     pub(crate) fn allocated_current(&self) -> u64 {
-        self.fields[ALLOC_BYTES] - self.fields[FREE_BYTES]
+        self.fields[ALLOC_BYTES].saturating_sub(self.fields[FREE_BYTES])
     }
 
+    /// As [`Totals::allocated_current`], for requested bytes.
     pub(crate) fn requested_current(&self) -> u64 {
-        self.fields[REQUESTED_ALLOC_BYTES] - self.fields[REQUESTED_FREE_BYTES]
+        self.fields[REQUESTED_ALLOC_BYTES].saturating_sub(self.fields[REQUESTED_FREE_BYTES])
     }
 
     /// Add raw thread-record fields of `index`.
@@ -203,8 +208,10 @@ impl PeakTracker {
 /// The pool's merged counters, under one lock.
 pub(crate) struct Central {
     pub(crate) totals: [Totals; COUNTER_INDICES],
-    /// Requested bytes merged so far, and their peak at merge points.
-    requested_bytes: u64,
+    /// Requested bytes merged so far (negative while cross-thread frees
+    /// are merged ahead of their allocations), and their peak at merge
+    /// points.
+    requested_bytes: i64,
     requested_peak_bytes: u64,
 }
 
@@ -246,8 +253,10 @@ impl Central {
                 totals.requested_peak_bytes.max(totals.requested_current());
             let net = raw[REQUESTED_ALLOC_BYTES] as i64 - raw[REQUESTED_FREE_BYTES] as i64;
             requested_net_bytes += net;
-            self.requested_bytes = (self.requested_bytes as i64 + net) as u64;
-            self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
+            self.requested_bytes += net;
+            self.requested_peak_bytes = self
+                .requested_peak_bytes
+                .max(self.requested_bytes.max(0) as u64);
         }
         requested_net_bytes
     }
@@ -266,18 +275,20 @@ impl Central {
             raw[ALLOC_COUNT] = 1;
             raw[REQUESTED_ALLOC_BYTES] = requested_bytes;
             raw[ALLOC_BYTES] = block_bytes_value;
-            self.requested_bytes += requested_bytes;
+            self.requested_bytes += requested_bytes as i64;
         } else {
             raw[FREE_COUNT] = 1;
             raw[REQUESTED_FREE_BYTES] = requested_bytes;
             raw[FREE_BYTES] = block_bytes_value;
-            self.requested_bytes -= requested_bytes;
+            self.requested_bytes -= requested_bytes as i64;
         }
         let totals = &mut self.totals[index];
         totals.add_fields(index, &raw);
         totals.allocated_peak_bytes = totals.allocated_peak_bytes.max(totals.allocated_current());
         totals.requested_peak_bytes = totals.requested_peak_bytes.max(totals.requested_current());
-        self.requested_peak_bytes = self.requested_peak_bytes.max(self.requested_bytes);
+        self.requested_peak_bytes = self
+            .requested_peak_bytes
+            .max(self.requested_bytes.max(0) as u64);
     }
 
     /// The merged totals plus every record's unmerged figures.

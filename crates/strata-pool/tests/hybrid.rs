@@ -740,3 +740,45 @@ fn charged_allocations_from_many_threads_never_exceed_the_budget() {
     assert_eq!(pool.stats().allocated.current_bytes, 0);
     pool.check_invariants();
 }
+
+/// Blocks allocated on one thread and freed on another: the freeing thread
+/// may merge its counters first (here when its churn reaches the merge
+/// interval while the allocating thread still holds unmerged counts), which
+/// once underflowed the merged "current" figure (a panic in debug builds, a
+/// wrapped peak in release). Figures must stay sane, and exact once both
+/// threads merged.
+#[test]
+fn frees_merged_before_their_allocations_do_not_underflow() {
+    const CROSS_BLOCKS: usize = 8;
+    let pool = unsampled_pool();
+    std::thread::scope(|scope| {
+        let (blocks_tx, blocks_rx) = std::sync::mpsc::channel::<PoolBox<'_>>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let pool = &pool;
+        scope.spawn(move || {
+            for _ in 0..CROSS_BLOCKS {
+                blocks_tx.send(pool.alloc(1024).unwrap()).unwrap();
+            }
+            // Stay alive with the allocations unmerged until told to go.
+            go_rx.recv().unwrap();
+        });
+        let blocks: Vec<PoolBox<'_>> = (0..CROSS_BLOCKS)
+            .map(|_| blocks_rx.recv().unwrap())
+            .collect();
+        drop(blocks);
+        // Enough operations of the same class to merge this thread's
+        // counters, frees included, ahead of the other thread's allocations.
+        for _ in 0..2 * strata_pool::COUNTER_MERGE_OPS {
+            drop(pool.alloc(1024).unwrap());
+        }
+        let stats = pool.stats();
+        assert!(
+            stats.allocated.current_bytes <= (CROSS_BLOCKS * 1024) as u64
+                && stats.allocated.peak_bytes <= 1 << 30,
+            "merged figures must never wrap: {stats:?}"
+        );
+        go_tx.send(()).unwrap();
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.allocated.current_bytes, 0, "{stats:?}");
+}
