@@ -163,7 +163,9 @@ pub struct BufferManager<'p> {
 pub struct Pinned<'m, 'p> {
     manager: &'m BufferManager<'p>,
     key: ChunkKey,
-    data: Arc<PoolBox<'p>>,
+    /// `None` only inside `drop`, which lets go of it before unpinning so
+    /// an eviction right after the unpin frees the block at once.
+    data: Option<Arc<PoolBox<'p>>>,
     len_bytes: usize,
 }
 
@@ -172,6 +174,8 @@ impl Pinned<'_, '_> {
     pub fn bytes(&self) -> &[u8] {
         &self
             .data
+            .as_ref()
+            .expect("held until drop")
             .as_bytes()
             .expect("a ready chunk buffer is initialised")[..self.len_bytes]
     }
@@ -184,12 +188,18 @@ impl Pinned<'_, '_> {
 
 impl Drop for Pinned<'_, '_> {
     fn drop(&mut self) {
+        // The entry holds its own reference while pinned.
+        drop(self.data.take());
         let mut state = self.manager.lock();
         let entry = state
             .entries
             .get_mut(&self.key)
             .unwrap_or_else(|| panic!("pinned chunk {} is not resident", self.key));
-        assert!(entry.pins > 0, "chunk {} unpinned more than pinned", self.key);
+        assert!(
+            entry.pins > 0,
+            "chunk {} unpinned more than pinned",
+            self.key
+        );
         entry.pins -= 1;
         if entry.pins == 0 {
             let bytes = entry.block_bytes;
@@ -296,7 +306,7 @@ impl<'p> BufferManager<'p> {
                     return Ok(Pinned {
                         manager: self,
                         key,
-                        data,
+                        data: Some(data),
                         len_bytes,
                     });
                 }
@@ -313,7 +323,7 @@ impl<'p> BufferManager<'p> {
                         return Ok(Pinned {
                             manager: self,
                             key,
-                            data,
+                            data: Some(data),
                             len_bytes,
                         });
                     }
@@ -446,7 +456,11 @@ impl<'p> BufferManager<'p> {
         }
         let result = self.spill_evicted(to_spill).and_then(|()| {
             self.pool
-                .alloc_charged(pool_request_bytes(len_bytes), CHUNK_ALIGN_BYTES, self.reservation)
+                .alloc_charged(
+                    pool_request_bytes(len_bytes),
+                    CHUNK_ALIGN_BYTES,
+                    self.reservation,
+                )
                 .map_err(|source| OocError::Pool { key, source })
         });
         let block = match result {
@@ -500,8 +514,11 @@ impl<'p> BufferManager<'p> {
             let State {
                 entries, policy, ..
             } = &mut *state;
-            let victim = policy
-                .victim(&mut |k| entries.get(&k).is_some_and(|e| e.pins == 0 && e.data.is_some()));
+            let victim = policy.victim(&mut |k| {
+                entries
+                    .get(&k)
+                    .is_some_and(|e| e.pins == 0 && e.data.is_some())
+            });
             let Some(victim) = victim else {
                 return Err(OocError::CacheFull {
                     key,
@@ -534,7 +551,8 @@ impl<'p> BufferManager<'p> {
                 detail: "no spill target configured for intermediates".to_string(),
             })?;
             let data = entry.data.expect("evicted entries are ready");
-            let bytes = &data.as_bytes().expect("ready buffers are initialised")[..entry.len_bytes as usize];
+            let bytes = &data.as_bytes().expect("ready buffers are initialised")
+                [..entry.len_bytes as usize];
             let handle = spill.spill(key, bytes)?;
             let mut state = self.lock();
             state.stats.spilled_bytes += entry.len_bytes;
@@ -609,7 +627,10 @@ impl<'p> BufferManager<'p> {
                 None => state.stats.source_read_bytes += len_bytes,
             }
         }
-        Ok(Some((self.publish(key, block, block_bytes), len_bytes as usize)))
+        Ok(Some((
+            self.publish(key, block, block_bytes),
+            len_bytes as usize,
+        )))
     }
 
     /// O(entries) check; panics with the values.
@@ -623,8 +644,14 @@ impl<'p> BufferManager<'p> {
             .filter(|e| e.pins > 0)
             .map(|e| e.block_bytes)
             .sum();
-        assert_eq!(state.held_bytes, held, "held bytes out of step with the entries");
-        assert_eq!(state.pinned_bytes, pinned, "pinned bytes out of step with the entries");
+        assert_eq!(
+            state.held_bytes, held,
+            "held bytes out of step with the entries"
+        );
+        assert_eq!(
+            state.pinned_bytes, pinned,
+            "pinned bytes out of step with the entries"
+        );
         assert!(
             state.held_bytes <= self.capacity_bytes,
             "held {} > capacity {}",
@@ -640,7 +667,10 @@ impl<'p> BufferManager<'p> {
         );
         for (key, entry) in &state.entries {
             if entry.data.is_some() {
-                assert!(state.policy.contains(*key), "ready chunk {key} unknown to the policy");
+                assert!(
+                    state.policy.contains(*key),
+                    "ready chunk {key} unknown to the policy"
+                );
             }
             assert!(
                 !state.spilled.contains_key(key) || entry.intermediate,

@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_array::chunk::{decode_elements, encode_elements, ChunkSink, ChunkSource, ComputeElement};
+use strata_array::chunk::{
+    decode_elements, encode_elements, ChunkSink, ChunkSource, ComputeElement,
+};
 use strata_array::dtype::{ComputeType, DataType};
 use strata_array::meta::ArrayMeta;
 use strata_pool::budget::{GreedyPool, MemoryConsumer, MemoryPool, TrackConsumersPool};
@@ -64,7 +66,12 @@ pub enum PolicyKind {
 
 impl PolicyKind {
     /// Every kind, for reports and benchmarks.
-    pub const ALL: [PolicyKind; 4] = [PolicyKind::Min, PolicyKind::Lru, PolicyKind::Sieve, PolicyKind::S3Fifo];
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Min,
+        PolicyKind::Lru,
+        PolicyKind::Sieve,
+        PolicyKind::S3Fifo,
+    ];
 
     /// Builds the policy; MIN gets `schedule`.
     pub fn build(self, schedule: &[ChunkKey]) -> Box<dyn EvictionPolicy> {
@@ -170,7 +177,15 @@ impl RunReport {
 /// A compute type the GEMM kernel runs in.
 pub trait GemmElement: ComputeElement {
     /// `acc[m×n] += a[m×k] · b[k×n]`, all row-major and contiguous.
-    fn gemm_add(acc: &mut [Self], a: &[Self], b: &[Self], m: usize, k: usize, n: usize, threads: usize);
+    fn gemm_add(
+        acc: &mut [Self],
+        a: &[Self],
+        b: &[Self],
+        m: usize,
+        k: usize,
+        n: usize,
+        threads: usize,
+    );
 }
 
 fn parallelism(threads: usize) -> faer::Par {
@@ -183,11 +198,26 @@ fn parallelism(threads: usize) -> faer::Par {
 macro_rules! gemm_element {
     ($t:ty) => {
         impl GemmElement for $t {
-            fn gemm_add(acc: &mut [$t], a: &[$t], b: &[$t], m: usize, k: usize, n: usize, threads: usize) {
+            fn gemm_add(
+                acc: &mut [$t],
+                a: &[$t],
+                b: &[$t],
+                m: usize,
+                k: usize,
+                n: usize,
+                threads: usize,
+            ) {
                 let lhs = faer::MatRef::from_row_major_slice(a, m, k);
                 let rhs = faer::MatRef::from_row_major_slice(b, k, n);
                 let dst = faer::MatMut::from_row_major_slice_mut(acc, m, n);
-                faer::linalg::matmul::matmul(dst, faer::Accum::Add, lhs, rhs, 1.0, parallelism(threads));
+                faer::linalg::matmul::matmul(
+                    dst,
+                    faer::Accum::Add,
+                    lhs,
+                    rhs,
+                    1.0,
+                    parallelism(threads),
+                );
             }
         }
     };
@@ -210,7 +240,10 @@ impl Engine {
         })?;
         Ok(Engine {
             pool,
-            budget: Arc::new(TrackConsumersPool::new(GreedyPool::new(budget_bytes), TOP_CONSUMERS)),
+            budget: Arc::new(TrackConsumersPool::new(
+                GreedyPool::new(budget_bytes),
+                TOP_CONSUMERS,
+            )),
         })
     }
 
@@ -255,11 +288,11 @@ impl<'a> ContractionJob<'a> {
         output_dtype: DataType,
         budget_bytes: u64,
     ) -> Result<Self, OocError> {
-        let contraction = spec
-            .bind(a.meta().shape(), b.meta().shape())
-            .map_err(|e| OocError::Plan {
-                detail: format!("{e} (A is {}, B is {})", a.name(), b.name()),
-            })?;
+        let contraction =
+            spec.bind(a.meta().shape(), b.meta().shape())
+                .map_err(|e| OocError::Plan {
+                    detail: format!("{e} (A is {}, B is {})", a.name(), b.name()),
+                })?;
         let compute = compute_type_for(a.meta().dtype(), b.meta().dtype());
         let compute_bytes = compute.dtype().size_bytes() as u64;
         let request = PlanRequest {
@@ -276,7 +309,9 @@ impl<'a> ContractionJob<'a> {
             output_element_bytes: output_dtype.size_bytes() as u64,
             budget_bytes,
         };
-        let plan = plan_contraction(&request).map_err(|e| OocError::Plan { detail: e.to_string() })?;
+        let plan = plan_contraction(&request).map_err(|e| OocError::Plan {
+            detail: e.to_string(),
+        })?;
         Ok(ContractionJob {
             contraction,
             a,
@@ -311,8 +346,12 @@ impl<'a> ContractionJob<'a> {
             .iter()
             .map(|&l| self.plan.tile(l).expect("output labels have tiles").tile)
             .collect();
-        ArrayMeta::new(self.contraction.output_shape(), chunk_shape, self.output_dtype)
-            .expect("an output of a bound contraction is a valid array")
+        ArrayMeta::new(
+            self.contraction.output_shape(),
+            chunk_shape,
+            self.output_dtype,
+        )
+        .expect("an output of a bound contraction is a valid array")
     }
 
     /// The chunk keys in the order a run pins them.
@@ -352,7 +391,12 @@ impl<'a> ContractionJob<'a> {
             .iter()
             .enumerate()
             .map(|(axis, &label)| {
-                let position = self.plan.tiles.iter().position(|t| t.label == label).expect("bound");
+                let position = self
+                    .plan
+                    .tiles
+                    .iter()
+                    .position(|t| t.label == label)
+                    .expect("bound");
                 let range = self.plan.tiles[position].range(step.tile_index[position]);
                 let chunk = meta.chunk_shape()[axis];
                 range.start / chunk..range.end.div_ceil(chunk)
@@ -439,11 +483,15 @@ impl<'a> ContractionJob<'a> {
         let memory = self.plan.memory;
         let elem = std::mem::size_of::<T>() as u64;
         let alloc = |bytes: u64| -> Result<PoolBox<'_>, OocError> {
-            pool.alloc_charged(pool_request_bytes(bytes.max(elem)), CHUNK_ALIGN_BYTES, &tiles_reservation)
-                .map_err(|source| OocError::Pool {
-                    key: ChunkKey(u64::MAX),
-                    source,
-                })
+            pool.alloc_charged(
+                pool_request_bytes(bytes.max(elem)),
+                CHUNK_ALIGN_BYTES,
+                &tiles_reservation,
+            )
+            .map_err(|source| OocError::Pool {
+                key: ChunkKey(u64::MAX),
+                source,
+            })
         };
         let mut accumulator = alloc(memory.accumulator_bytes)?;
         let mut packed_a = alloc(memory.packed_a_bytes)?;
@@ -480,7 +528,9 @@ impl<'a> ContractionJob<'a> {
                 let prefetch_bytes = cache_capacity / 100 * PREFETCH_SHARE_PERCENT;
                 let (manager, accesses, position, done) = (&manager, &accesses, &position, &done);
                 let loader: &dyn ChunkLoader = &loader;
-                scope.spawn(move || prefetch_loop(manager, accesses, position, done, prefetch_bytes, loader));
+                scope.spawn(move || {
+                    prefetch_loop(manager, accesses, position, done, prefetch_bytes, loader)
+                });
             }
             let outcome = (|| -> Result<(), OocError> {
                 let mut cursor = 0usize;
@@ -500,9 +550,14 @@ impl<'a> ContractionJob<'a> {
                         let packed: &mut [T] = bytemuck::cast_slice_mut(packed.as_bytes_mut());
                         let packed = &mut packed[..packed_len];
                         let mut chunks = Vec::new();
-                        self.for_each_chunk(&step, operand, |key, grid| chunks.push((key, grid.to_vec())));
+                        self.for_each_chunk(&step, operand, |key, grid| {
+                            chunks.push((key, grid.to_vec()))
+                        });
                         for (key, grid) in chunks {
-                            debug_assert_eq!(accesses[cursor], key, "schedule out of step at access {cursor}");
+                            debug_assert_eq!(
+                                accesses[cursor], key,
+                                "schedule out of step at access {cursor}"
+                            );
                             cursor += 1;
                             position.store(cursor, Ordering::Release);
                             let pinned = manager.pin(key)?;
@@ -522,7 +577,8 @@ impl<'a> ContractionJob<'a> {
                     }
                     self.multiply::<T>(&step, acc, &packed_a, &packed_b, config.gemm_threads);
                     if step.last {
-                        written_bytes += self.write_tile::<T>(&step, &mut accumulator, &mut staging, out)?;
+                        written_bytes +=
+                            self.write_tile::<T>(&step, &mut accumulator, &mut staging, out)?;
                         tiles_written += 1;
                     }
                     progress(Progress {
@@ -538,7 +594,9 @@ impl<'a> ContractionJob<'a> {
         });
         result?;
         manager.check_invariants();
-        out.finish().map_err(|e| OocError::Sink { detail: e.to_string() })?;
+        out.finish().map_err(|e| OocError::Sink {
+            detail: e.to_string(),
+        })?;
         Ok(RunReport {
             plan: self.plan.clone(),
             wall: started.elapsed(),
@@ -560,7 +618,13 @@ impl<'a> ContractionJob<'a> {
     fn role_labels(&self, roles: &[LabelRole]) -> Vec<u8> {
         roles
             .iter()
-            .flat_map(|&role| self.plan.tiles.iter().filter(move |t| t.role == role).map(|t| t.label))
+            .flat_map(|&role| {
+                self.plan
+                    .tiles
+                    .iter()
+                    .filter(move |t| t.role == role)
+                    .map(|t| t.label)
+            })
             .collect()
     }
 
@@ -578,7 +642,12 @@ impl<'a> ContractionJob<'a> {
         labels
             .iter()
             .map(|&label| {
-                let position = self.plan.tiles.iter().position(|t| t.label == label).expect("bound");
+                let position = self
+                    .plan
+                    .tiles
+                    .iter()
+                    .position(|t| t.label == label)
+                    .expect("bound");
                 self.plan.tiles[position].range(step.tile_index[position])
             })
             .collect()
@@ -655,12 +724,19 @@ impl<'a> ContractionJob<'a> {
             .output
             .iter()
             .map(|&label| {
-                let position = self.plan.tiles.iter().position(|t| t.label == label).expect("bound");
+                let position = self
+                    .plan
+                    .tiles
+                    .iter()
+                    .position(|t| t.label == label)
+                    .expect("bound");
                 step.tile_index[position]
             })
             .collect();
         out.write_chunk(&grid, encoded)
-            .map_err(|e| OocError::Sink { detail: e.to_string() })?;
+            .map_err(|e| OocError::Sink {
+                detail: e.to_string(),
+            })?;
         Ok(stored_bytes as u64)
     }
 }
@@ -671,7 +747,10 @@ fn chunk_key(operand: u8, linear: u64) -> ChunkKey {
 }
 
 fn split_key(key: ChunkKey) -> (u8, u64) {
-    ((key.0 >> OPERAND_SHIFT_BITS) as u8, key.0 & ((1 << OPERAND_SHIFT_BITS) - 1))
+    (
+        (key.0 >> OPERAND_SHIFT_BITS) as u8,
+        key.0 & ((1 << OPERAND_SHIFT_BITS) - 1),
+    )
 }
 
 /// Loads source chunks converted to the compute type `T`.
@@ -706,7 +785,11 @@ impl<T: GemmElement> ChunkLoader for SourceLoader<'_, '_, T> {
         let raw_len = meta.chunk_len_bytes_at(&grid) as u64;
         let mut raw = self
             .pool
-            .alloc_charged(pool_request_bytes(raw_len), CHUNK_ALIGN_BYTES, self.reservation)
+            .alloc_charged(
+                pool_request_bytes(raw_len),
+                CHUNK_ALIGN_BYTES,
+                self.reservation,
+            )
             .map_err(|source| OocError::Pool { key, source })?;
         let raw = &mut raw.as_bytes_mut()[..raw_len as usize];
         source.read_chunk(&grid, raw).map_err(source_error)?;

@@ -237,7 +237,10 @@ impl EinsumSpec {
     /// length.
     pub fn bind(&self, a_shape: &[u64], b_shape: &[u64]) -> Result<Contraction, EinsumError> {
         let mut sizes: Vec<(u8, u64, Operand, usize)> = Vec::new();
-        for (operand, labels, shape) in [(Operand::A, &self.a, a_shape), (Operand::B, &self.b, b_shape)] {
+        for (operand, labels, shape) in [
+            (Operand::A, &self.a, a_shape),
+            (Operand::B, &self.b, b_shape),
+        ] {
             if labels.len() != shape.len() {
                 return Err(EinsumError::RankMismatch {
                     operand,
@@ -283,7 +286,13 @@ impl EinsumSpec {
 impl fmt::Display for EinsumSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = |labels: &[u8]| String::from_utf8_lossy(labels).into_owned();
-        write!(f, "{},{}->{}", text(&self.a), text(&self.b), text(&self.output))
+        write!(
+            f,
+            "{},{}->{}",
+            text(&self.a),
+            text(&self.b),
+            text(&self.output)
+        )
     }
 }
 
@@ -345,7 +354,9 @@ impl Contraction {
     /// Floating-point operations of the contraction: one multiply and one
     /// add per term, over every distinct label's range.
     pub fn flops(&self) -> u64 {
-        self.labels.iter().fold(2u64, |product, l| product.saturating_mul(l.len))
+        self.labels
+            .iter()
+            .fold(2u64, |product, l| product.saturating_mul(l.len))
     }
 }
 
@@ -380,17 +391,29 @@ mod tests {
 
     #[test]
     fn roles_cover_transpose_broadcast_and_diagonal() {
-        let c = EinsumSpec::parse("ji,kj->ik").unwrap().bind(&[3, 2], &[5, 3]).unwrap();
+        let c = EinsumSpec::parse("ji,kj->ik")
+            .unwrap()
+            .bind(&[3, 2], &[5, 3])
+            .unwrap();
         assert_eq!(c.with_role(LabelRole::FreeA), b"i");
         assert_eq!(c.with_role(LabelRole::FreeB), b"k");
         assert_eq!(c.with_role(LabelRole::Contracted), b"j");
         assert_eq!(c.output_shape(), vec![2, 5]);
         // `x` only in A and not in the output: summed over A.
-        let c = EinsumSpec::parse("ixj,jk->ik").unwrap().bind(&[2, 7, 3], &[3, 4]).unwrap();
+        let c = EinsumSpec::parse("ixj,jk->ik")
+            .unwrap()
+            .bind(&[2, 7, 3], &[3, 4])
+            .unwrap();
         assert_eq!(c.role(b'x'), Some(LabelRole::Contracted));
         // A diagonal: both axes of `ii` must agree.
-        let error = EinsumSpec::parse("ii,ik->k").unwrap().bind(&[2, 3], &[2, 4]).unwrap_err();
-        assert!(matches!(error, EinsumError::SizeMismatch { label: 'i', .. }), "{error}");
+        let error = EinsumSpec::parse("ii,ik->k")
+            .unwrap()
+            .bind(&[2, 3], &[2, 4])
+            .unwrap_err();
+        assert!(
+            matches!(error, EinsumError::SizeMismatch { label: 'i', .. }),
+            "{error}"
+        );
         let error = EinsumSpec::matmul().bind(&[2, 3], &[4, 5]).unwrap_err();
         assert_eq!(
             error,
@@ -402,7 +425,11 @@ mod tests {
         );
         assert!(matches!(
             EinsumSpec::matmul().bind(&[2, 3, 1], &[3, 5]).unwrap_err(),
-            EinsumError::RankMismatch { operand: Operand::A, labels: 2, .. }
+            EinsumError::RankMismatch {
+                operand: Operand::A,
+                labels: 2,
+                ..
+            }
         ));
     }
 }

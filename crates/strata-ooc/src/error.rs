@@ -91,4 +91,3 @@ impl std::error::Error for OocError {
         }
     }
 }
-

@@ -88,7 +88,8 @@ pub fn pack_chunk<T: Copy>(
             .iter()
             .position(|l| l == chunk_label)
             .unwrap_or_else(|| panic!("chunk label {} is not in the tile", *chunk_label as char));
-        source_base += (ranges[position].start - chunk_block.ranges[axis].start) * chunk_strides[axis];
+        source_base +=
+            (ranges[position].start - chunk_block.ranges[axis].start) * chunk_strides[axis];
     }
     let target_base: u64 = ranges
         .iter()
@@ -181,7 +182,10 @@ mod tests {
         let mut packed = vec![u32::MAX; 8];
         assert_eq!(pack_chunk(&chunk, &chunk_block, &mut packed, &tile), 4);
         // packed[j][i]: j=5 -> col 1, i=2,3 -> rows 0,1 => values 1, 5.
-        assert_eq!(packed, vec![u32::MAX, u32::MAX, 1, 5, u32::MAX, u32::MAX, 2, 6]);
+        assert_eq!(
+            packed,
+            vec![u32::MAX, u32::MAX, 1, 5, u32::MAX, u32::MAX, 2, 6]
+        );
 
         // Broadcast: tile "ikj" with k absent from the chunk.
         let tile = LabeledBlock {
@@ -237,7 +241,10 @@ mod tests {
         for x in 0..a {
             for y in 0..b {
                 for z in 0..c {
-                    assert_eq!(target[(z * a * b + x * b + y) as usize], x * b * c + y * c + z);
+                    assert_eq!(
+                        target[(z * a * b + x * b + y) as usize],
+                        x * b * c + y * c + z
+                    );
                 }
             }
         }

@@ -403,9 +403,7 @@ pub fn plan_contraction(request: &PlanRequest<'_>) -> Result<TilePlan, PlanError
             len: info.len,
             tile: match info.role {
                 LabelRole::FreeA | LabelRole::FreeB => info.len,
-                LabelRole::Contracted => {
-                    round_up(CONTRACTED_TILE_TARGET.max(q), q).min(info.len)
-                }
+                LabelRole::Contracted => round_up(CONTRACTED_TILE_TARGET.max(q), q).min(info.len),
                 LabelRole::Batch => q.min(info.len),
             },
         })
@@ -644,19 +642,29 @@ mod tests {
     fn plans_fit_and_schedules_cover_every_step_once() {
         let specs: [(&str, &[u64], &[u64], &[u64], &[u64]); 4] = [
             ("ij,jk->ik", &[300, 200], &[200, 100], &[64, 64], &[64, 32]),
-            ("bij,bjk->bik", &[3, 50, 40], &[3, 40, 30], &[2, 16, 16], &[1, 16, 8]),
+            (
+                "bij,bjk->bik",
+                &[3, 50, 40],
+                &[3, 40, 30],
+                &[2, 16, 16],
+                &[1, 16, 8],
+            ),
             ("ji,kj->ik", &[70, 90], &[33, 70], &[16, 16], &[16, 16]),
             ("ixj,jk->ki", &[20, 5, 30], &[30, 25], &[8, 5, 8], &[8, 8]),
         ];
         for (text, a_shape, b_shape, a_chunks, b_chunks) in specs {
-            let c = EinsumSpec::parse(text).unwrap().bind(a_shape, b_shape).unwrap();
+            let c = EinsumSpec::parse(text)
+                .unwrap()
+                .bind(a_shape, b_shape)
+                .unwrap();
             for budget_bytes in [16 << 10, 64 << 10, 1 << 20, 64 << 20] {
                 let plan = match plan_contraction(&request(&c, a_chunks, b_chunks, budget_bytes)) {
                     Ok(plan) => plan,
                     Err(PlanError::BudgetTooSmall { needed_bytes, .. }) => {
                         assert!(needed_bytes > budget_bytes, "{text} {budget_bytes}");
                         // The budget it names is enough.
-                        let retry = plan_contraction(&request(&c, a_chunks, b_chunks, needed_bytes));
+                        let retry =
+                            plan_contraction(&request(&c, a_chunks, b_chunks, needed_bytes));
                         assert!(retry.is_ok(), "{text}: needed {needed_bytes}: {retry:?}");
                         continue;
                     }
@@ -671,20 +679,31 @@ mod tests {
                 );
                 let mut seen = std::collections::HashSet::new();
                 for step in &steps {
-                    assert!(seen.insert(step.tile_index.clone()), "{text}: repeated {step:?}");
+                    assert!(
+                        seen.insert(step.tile_index.clone()),
+                        "{text}: repeated {step:?}"
+                    );
                     for (t, &i) in plan.tiles.iter().zip(&step.tile_index) {
                         assert!(i < t.count(), "{text}: {step:?}");
                     }
                 }
-                assert_eq!(steps.iter().filter(|s| s.first).count() as u64, plan.output_tiles());
-                assert_eq!(steps.iter().filter(|s| s.last).count() as u64, plan.output_tiles());
+                assert_eq!(
+                    steps.iter().filter(|s| s.first).count() as u64,
+                    plan.output_tiles()
+                );
+                assert_eq!(
+                    steps.iter().filter(|s| s.last).count() as u64,
+                    plan.output_tiles()
+                );
             }
         }
     }
 
     #[test]
     fn matmul_keeps_depth_and_widens_output_tiles() {
-        let c = EinsumSpec::matmul().bind(&[4096, 4096], &[4096, 4096]).unwrap();
+        let c = EinsumSpec::matmul()
+            .bind(&[4096, 4096], &[4096, 4096])
+            .unwrap();
         let plan = plan_contraction(&request(&c, &[512, 512], &[512, 512], 32 << 20)).unwrap();
         let k = plan.tile(b'j').unwrap();
         assert_eq!(k.tile, CONTRACTED_TILE_TARGET, "{plan:?}");
@@ -696,8 +715,11 @@ mod tests {
 
     #[test]
     fn too_small_budget_names_what_it_needs() {
-        let c = EinsumSpec::matmul().bind(&[1024, 1024], &[1024, 1024]).unwrap();
-        let error = plan_contraction(&request(&c, &[256, 256], &[256, 256], 512 << 10)).unwrap_err();
+        let c = EinsumSpec::matmul()
+            .bind(&[1024, 1024], &[1024, 1024])
+            .unwrap();
+        let error =
+            plan_contraction(&request(&c, &[256, 256], &[256, 256], 512 << 10)).unwrap_err();
         let PlanError::BudgetTooSmall { needed_bytes, .. } = error else {
             panic!("{error}");
         };

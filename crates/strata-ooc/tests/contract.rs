@@ -9,10 +9,10 @@ use strata_array::dtype::DataType;
 use strata_array::error::ArrayError;
 use strata_array::mem::MemArray;
 use strata_array::meta::ArrayMeta;
-use strata_pool::budget::MemoryPool;
 use strata_ooc::bufmgr::OocError;
 use strata_ooc::contract::{ContractionJob, Engine, PolicyKind, RunConfig};
 use strata_ooc::einsum::EinsumSpec;
+use strata_pool::budget::MemoryPool;
 
 /// Unit roundoff of the compute type.
 fn unit_roundoff(dtype: DataType) -> f64 {
@@ -37,7 +37,13 @@ fn random_values(rng: &mut SmallRng, dtype: DataType, count: usize) -> Vec<f64> 
         .collect()
 }
 
-fn mem_array(name: &str, shape: &[u64], chunks: &[u64], dtype: DataType, values: &[f64]) -> MemArray {
+fn mem_array(
+    name: &str,
+    shape: &[u64],
+    chunks: &[u64],
+    dtype: DataType,
+    values: &[f64],
+) -> MemArray {
     let meta = ArrayMeta::new(shape.to_vec(), chunks.to_vec(), dtype).unwrap();
     let mut bytes = vec![0u8; values.len() * dtype.size_bytes()];
     encode_elements::<f64>(dtype, values, &mut bytes);
@@ -45,7 +51,13 @@ fn mem_array(name: &str, shape: &[u64], chunks: &[u64], dtype: DataType, values:
 }
 
 /// Naive einsum in f64, with the sum of |terms| per output element.
-fn naive(spec: &EinsumSpec, a: &[f64], a_shape: &[u64], b: &[f64], b_shape: &[u64]) -> (Vec<f64>, Vec<f64>) {
+fn naive(
+    spec: &EinsumSpec,
+    a: &[f64],
+    a_shape: &[u64],
+    b: &[f64],
+    b_shape: &[u64],
+) -> (Vec<f64>, Vec<f64>) {
     let c = spec.bind(a_shape, b_shape).unwrap();
     let sizes: Vec<u64> = c.labels.iter().map(|l| l.len).collect();
     let position = |label: u8| c.labels.iter().position(|l| l.label == label).unwrap();
@@ -86,20 +98,77 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { spec: "ij,jk->ik", a_shape: &[45, 70], a_chunks: &[16, 32], b_shape: &[70, 33], b_chunks: &[32, 8] },
-    Case { spec: "ij,jk->ik", a_shape: &[64, 64], a_chunks: &[64, 64], b_shape: &[64, 64], b_chunks: &[64, 64] },
-    Case { spec: "bij,bjk->bik", a_shape: &[3, 20, 30], a_chunks: &[2, 7, 16], b_shape: &[3, 30, 9], b_chunks: &[1, 16, 4] },
-    Case { spec: "ji,kj->ik", a_shape: &[40, 25], a_chunks: &[16, 16], b_shape: &[19, 40], b_chunks: &[8, 16] },
-    Case { spec: "ixj,jk->ki", a_shape: &[12, 5, 20], a_chunks: &[5, 2, 8], b_shape: &[20, 11], b_chunks: &[8, 4] },
-    Case { spec: "bij,bkj->bki", a_shape: &[2, 9, 14], a_chunks: &[1, 4, 8], b_shape: &[2, 6, 14], b_chunks: &[2, 3, 7] },
-    Case { spec: "ii,ik->k", a_shape: &[18, 18], a_chunks: &[5, 7], b_shape: &[18, 6], b_chunks: &[4, 6] },
+    Case {
+        spec: "ij,jk->ik",
+        a_shape: &[45, 70],
+        a_chunks: &[16, 32],
+        b_shape: &[70, 33],
+        b_chunks: &[32, 8],
+    },
+    Case {
+        spec: "ij,jk->ik",
+        a_shape: &[64, 64],
+        a_chunks: &[64, 64],
+        b_shape: &[64, 64],
+        b_chunks: &[64, 64],
+    },
+    Case {
+        spec: "bij,bjk->bik",
+        a_shape: &[3, 20, 30],
+        a_chunks: &[2, 7, 16],
+        b_shape: &[3, 30, 9],
+        b_chunks: &[1, 16, 4],
+    },
+    Case {
+        spec: "ji,kj->ik",
+        a_shape: &[40, 25],
+        a_chunks: &[16, 16],
+        b_shape: &[19, 40],
+        b_chunks: &[8, 16],
+    },
+    Case {
+        spec: "ixj,jk->ki",
+        a_shape: &[12, 5, 20],
+        a_chunks: &[5, 2, 8],
+        b_shape: &[20, 11],
+        b_chunks: &[8, 4],
+    },
+    Case {
+        spec: "bij,bkj->bki",
+        a_shape: &[2, 9, 14],
+        a_chunks: &[1, 4, 8],
+        b_shape: &[2, 6, 14],
+        b_chunks: &[2, 3, 7],
+    },
+    Case {
+        spec: "ii,ik->k",
+        a_shape: &[18, 18],
+        a_chunks: &[5, 7],
+        b_shape: &[18, 6],
+        b_chunks: &[4, 6],
+    },
 ];
 
-fn check_case(case: &Case, a_dtype: DataType, b_dtype: DataType, out_dtype: DataType, policy: PolicyKind, seed: u64) {
+fn check_case(
+    case: &Case,
+    a_dtype: DataType,
+    b_dtype: DataType,
+    out_dtype: DataType,
+    policy: PolicyKind,
+    seed: u64,
+) {
     let spec = EinsumSpec::parse(case.spec).unwrap();
     let mut rng = SmallRng::seed_from_u64(seed);
-    let a_values = random_values(&mut rng, a_dtype, case.a_shape.iter().product::<u64>() as usize);
-    let b_values = random_values(&mut rng, b_dtype, case.b_shape.iter().product::<u64>() as usize);
+    let a_values = random_values(
+        &mut rng,
+        a_dtype,
+        case.a_shape.iter().product::<u64>() as usize,
+    );
+    let b_values = random_values(
+        &mut rng,
+        b_dtype,
+        case.b_shape.iter().product::<u64>() as usize,
+    );
     let a = mem_array("A", case.a_shape, case.a_chunks, a_dtype, &a_values);
     let b = mem_array("B", case.b_shape, case.b_chunks, b_dtype, &b_values);
     let (expected, magnitude) = naive(&spec, &a_values, case.a_shape, &b_values, case.b_shape);
@@ -112,7 +181,11 @@ fn check_case(case: &Case, a_dtype: DataType, b_dtype: DataType, out_dtype: Data
         .map(|l| l.len)
         .product();
     let u = unit_roundoff(a_dtype).max(unit_roundoff(b_dtype));
-    let out_u = if out_dtype == DataType::F64 { f64::EPSILON / 2.0 } else { f64::from(f32::EPSILON) / 2.0 };
+    let out_u = if out_dtype == DataType::F64 {
+        f64::EPSILON / 2.0
+    } else {
+        f64::from(f32::EPSILON) / 2.0
+    };
     // Find the smallest budget, then run at several budgets above it.
     let needed = match ContractionJob::new(&spec, &a, &b, out_dtype, 1 << 10) {
         Err(OocError::Plan { detail }) => {
@@ -149,7 +222,11 @@ fn check_case(case: &Case, a_dtype: DataType, b_dtype: DataType, out_dtype: Data
             case.spec,
             report.peak_reserved_bytes
         );
-        assert_eq!(engine.budget().reserved(), 0, "everything returned after the run");
+        assert_eq!(
+            engine.budget().reserved(),
+            0,
+            "everything returned after the run"
+        );
         let mut values = vec![0.0f64; expected.len()];
         let bytes = out.to_bytes();
         strata_array::chunk::decode_elements::<f64>(out_dtype, &bytes, &mut values);
@@ -171,7 +248,14 @@ fn check_case(case: &Case, a_dtype: DataType, b_dtype: DataType, out_dtype: Data
 #[test]
 fn every_spec_matches_naive_einsum_at_every_budget() {
     for (n, case) in CASES.iter().enumerate() {
-        check_case(case, DataType::F32, DataType::F32, DataType::F32, PolicyKind::Min, 100 + n as u64);
+        check_case(
+            case,
+            DataType::F32,
+            DataType::F32,
+            DataType::F32,
+            PolicyKind::Min,
+            100 + n as u64,
+        );
     }
 }
 
@@ -194,20 +278,42 @@ fn dtypes_convert_on_load_and_store() {
 #[test]
 fn every_policy_gives_the_same_result() {
     for policy in PolicyKind::ALL {
-        check_case(&CASES[2], DataType::F32, DataType::F32, DataType::F32, policy, 300);
+        check_case(
+            &CASES[2],
+            DataType::F32,
+            DataType::F32,
+            DataType::F32,
+            policy,
+            300,
+        );
     }
 }
 
 #[test]
 fn too_small_budget_says_what_it_needs() {
     let spec = EinsumSpec::matmul();
-    let a = mem_array("A", &[64, 64], &[32, 32], DataType::F32, &vec![1.0; 64 * 64]);
-    let b = mem_array("B", &[64, 64], &[32, 32], DataType::F32, &vec![1.0; 64 * 64]);
+    let a = mem_array(
+        "A",
+        &[64, 64],
+        &[32, 32],
+        DataType::F32,
+        &vec![1.0; 64 * 64],
+    );
+    let b = mem_array(
+        "B",
+        &[64, 64],
+        &[32, 32],
+        DataType::F32,
+        &vec![1.0; 64 * 64],
+    );
     let Err(error) = ContractionJob::new(&spec, &a, &b, DataType::F32, 1000) else {
         panic!("a 1000-byte budget cannot hold two 4 KiB chunks");
     };
     let text = error.to_string();
-    assert!(text.contains("too small") && text.contains("needs"), "{text}");
+    assert!(
+        text.contains("too small") && text.contains("needs"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -219,7 +325,10 @@ fn shape_mismatch_names_the_arrays() {
         panic!("5 != 6");
     };
     let text = error.to_string();
-    assert!(text.contains("left.zarr") && text.contains("right.zarr") && text.contains("'j'"), "{text}");
+    assert!(
+        text.contains("left.zarr") && text.contains("right.zarr") && text.contains("'j'"),
+        "{text}"
+    );
 }
 
 /// A source whose chunk `bad` fails.
