@@ -204,7 +204,7 @@ mod tests {
         };
         let tile = LabeledBlock {
             labels: b"i",
-            ranges: vec![1..3],
+            ranges: std::iter::once(1..3).collect(),
         };
         let mut packed = vec![0u32; 2];
         assert_eq!(pack_chunk(&chunk, &block, &mut packed, &tile), 2);

@@ -640,7 +640,9 @@ mod tests {
 
     #[test]
     fn plans_fit_and_schedules_cover_every_step_once() {
-        let specs: [(&str, &[u64], &[u64], &[u64], &[u64]); 4] = [
+        // (spec, A shape, B shape, A chunks, B chunks)
+        type Case<'a> = (&'a str, &'a [u64], &'a [u64], &'a [u64], &'a [u64]);
+        let specs: [Case<'_>; 4] = [
             ("ij,jk->ik", &[300, 200], &[200, 100], &[64, 64], &[64, 32]),
             (
                 "bij,bjk->bik",

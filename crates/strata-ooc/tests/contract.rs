@@ -4,7 +4,7 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use strata_array::chunk::{encode_elements, ChunkSink, ChunkSource};
+use strata_array::chunk::{encode_elements, ChunkSource};
 use strata_array::dtype::DataType;
 use strata_array::error::ArrayError;
 use strata_array::mem::MemArray;
