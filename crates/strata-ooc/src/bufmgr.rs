@@ -369,7 +369,7 @@ impl<'p> BufferManager<'p> {
             panic!("intermediate chunk {key} inserted twice");
         };
         data.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-        self.publish(key, data, block_bytes);
+        self.publish(key, data, block_bytes, false);
         Ok(())
     }
 
@@ -574,8 +574,18 @@ impl<'p> BufferManager<'p> {
         self.loaded.notify_all();
     }
 
-    /// Marks `key` ready with `data` and tells the policy.
-    fn publish(&self, key: ChunkKey, data: PoolBox<'p>, block_bytes: u64) -> Arc<PoolBox<'p>> {
+    /// Marks `key` ready with `data` and tells the policy. Returns a second
+    /// handle only for a pinned entry (its pin keeps it from eviction): an
+    /// unpinned entry is evictable the moment the lock drops, and a stray
+    /// handle would keep its block, and the budget it is charged to, alive
+    /// after the eviction counted it gone.
+    fn publish(
+        &self,
+        key: ChunkKey,
+        data: PoolBox<'p>,
+        block_bytes: u64,
+        prefetched: bool,
+    ) -> Option<Arc<PoolBox<'p>>> {
         let data = Arc::new(data);
         let mut state = self.lock();
         let entry = state
@@ -583,14 +593,16 @@ impl<'p> BufferManager<'p> {
             .get_mut(&key)
             .unwrap_or_else(|| panic!("loading entry for chunk {key} vanished"));
         assert_eq!(entry.block_bytes, block_bytes, "chunk {key}");
-        entry.data = Some(Arc::clone(&data));
+        let handle = (entry.pins > 0).then(|| Arc::clone(&data));
+        entry.data = Some(data);
+        entry.prefetched = prefetched;
         state
             .policy
             .on_insert(key)
             .unwrap_or_else(|e| panic!("policy out of step: {e}"));
         drop(state);
         self.loaded.notify_all();
-        data
+        handle
     }
 
     /// Loads `key` from the spill target or its source, with `pins` pins;

@@ -35,6 +35,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod bufmgr;
 pub mod contract;
 pub mod einsum;
