@@ -43,3 +43,5 @@ pub mod error;
 pub mod pack;
 pub mod plan;
 pub mod policy;
+pub mod spill;
+pub mod spill_array;
