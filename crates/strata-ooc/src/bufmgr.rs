@@ -343,7 +343,7 @@ impl<'p> BufferManager<'p> {
                         return Ok(Pinned {
                             manager: self,
                             key,
-                            data: Some(data),
+                            data: Some(data.expect("a pinned load returns its handle")),
                             len_bytes,
                         });
                     }
@@ -368,11 +368,7 @@ impl<'p> BufferManager<'p> {
         match self.load(key, 0) {
             Ok(None) => Ok(false),
             Ok(Some(_)) => {
-                let mut state = self.lock();
-                state.stats.prefetches += 1;
-                if let Some(entry) = state.entries.get_mut(&key) {
-                    entry.prefetched = true;
-                }
+                self.lock().stats.prefetches += 1;
                 Ok(true)
             }
             Err(OocError::CacheFull { .. }) => Ok(false),
@@ -733,13 +729,14 @@ impl<'p> BufferManager<'p> {
         handle
     }
 
-    /// Loads `key` from the spill target or its source, with `pins` pins;
-    /// `None` if another thread registered it first.
+    /// Loads `key` from the spill target or its source, with `pins` pins
+    /// (0: a prefetch); `None` if another thread registered it first. The
+    /// handle is there only when `pins > 0` (see [`Self::publish`]).
     fn load(
         &self,
         key: ChunkKey,
         pins: u32,
-    ) -> Result<Option<(Arc<PoolBox<'p>>, usize)>, OocError> {
+    ) -> Result<Option<(Option<Arc<PoolBox<'p>>>, usize)>, OocError> {
         let spilled = self.lock().spilled.get(&key).copied();
         let len_bytes = match spilled {
             Some(handle) => handle.bytes,
@@ -768,7 +765,7 @@ impl<'p> BufferManager<'p> {
             }
         }
         Ok(Some((
-            self.publish(key, block, block_bytes),
+            self.publish(key, block, block_bytes, pins == 0),
             len_bytes as usize,
         )))
     }
