@@ -200,7 +200,8 @@ pub struct DemoArgs {
 }
 
 fn is_npy(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
 }
 
 /// A default chunk shape: 512 per axis for the last two axes, leading axes
@@ -244,11 +245,19 @@ pub fn open_source(path: &Path) -> Result<Box<dyn ChunkSource>, String> {
 }
 
 /// Creates an output array with `meta` (Zarr directory or NPY file).
-fn create_sink(path: &Path, meta: ArrayMeta, codecs: &ZarrCodecs) -> Result<Box<dyn ChunkSink>, String> {
+fn create_sink(
+    path: &Path,
+    meta: ArrayMeta,
+    codecs: &ZarrCodecs,
+) -> Result<Box<dyn ChunkSink>, String> {
     if is_npy(path) {
-        Ok(Box::new(NpyArray::create(path, meta).map_err(|e| e.to_string())?))
+        Ok(Box::new(
+            NpyArray::create(path, meta).map_err(|e| e.to_string())?,
+        ))
     } else {
-        Ok(Box::new(ZarrArray::create(path, meta, codecs).map_err(|e| e.to_string())?))
+        Ok(Box::new(
+            ZarrArray::create(path, meta, codecs).map_err(|e| e.to_string())?,
+        ))
     }
 }
 
@@ -258,7 +267,8 @@ fn fill_values(fill: &Fill, dtype: DataType, seed: u64, linear: u64, count: usiz
     match fill {
         Fill::Constant(value) => vec![*value; count],
         Fill::Random => {
-            let mut rng = SmallRng::seed_from_u64(seed ^ linear.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ linear.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             (0..count)
                 .map(|_| match dtype {
                     DataType::U8 => f64::from(rng.gen_range(0u8..16)),
@@ -328,8 +338,12 @@ fn progress_bar(total: u64, message: &str) -> ProgressBar {
 
 /// `strata create`.
 pub fn create(args: &CreateArgs) -> Result<(), String> {
-    let chunks = args.chunks.clone().unwrap_or_else(|| default_chunks(&args.shape));
-    let meta = ArrayMeta::new(args.shape.clone(), chunks, args.dtype.dtype()).map_err(|e| e.to_string())?;
+    let chunks = args
+        .chunks
+        .clone()
+        .unwrap_or_else(|| default_chunks(&args.shape));
+    let meta = ArrayMeta::new(args.shape.clone(), chunks, args.dtype.dtype())
+        .map_err(|e| e.to_string())?;
     let codecs = ZarrCodecs {
         compression: match args.zstd {
             Some(level) => ZarrCompression::Zstd { level },
@@ -356,7 +370,9 @@ pub fn info(args: &InfoArgs) -> Result<(), String> {
     let (shape, chunks, dtype, codecs, on_disk, complete, shard) = if is_npy(&args.path) {
         let source = open_source(&args.path)?;
         let meta = source.meta().clone();
-        let on_disk = std::fs::metadata(&args.path).map_err(|e| e.to_string())?.len();
+        let on_disk = std::fs::metadata(&args.path)
+            .map_err(|e| e.to_string())?
+            .len();
         (
             meta.shape().to_vec(),
             meta.chunk_shape().to_vec(),
@@ -391,7 +407,10 @@ pub fn info(args: &InfoArgs) -> Result<(), String> {
             "bytes_on_disk": on_disk,
             "complete": complete,
         });
-        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
+        );
     } else {
         let dims = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
         println!("{}", args.path.display());
@@ -402,7 +421,11 @@ pub fn info(args: &InfoArgs) -> Result<(), String> {
         }
         println!("  dtype         {dtype}");
         println!("  codecs        {}", codecs.join(", "));
-        println!("  size          {} raw, {} on disk", format_bytes(raw_bytes), format_bytes(on_disk));
+        println!(
+            "  size          {} raw, {} on disk",
+            format_bytes(raw_bytes),
+            format_bytes(on_disk)
+        );
         println!(
             "  complete      {}",
             match complete {
@@ -542,7 +565,8 @@ fn run_contraction(
     let output_dtype = run.dtype.map(DtypeArg::dtype).unwrap_or_else(|| {
         strata_ooc::contract::compute_type_for(a.meta().dtype(), b.meta().dtype()).dtype()
     });
-    let job = ContractionJob::new(spec, a, b, output_dtype, budget_bytes).map_err(|e| e.to_string())?;
+    let job =
+        ContractionJob::new(spec, a, b, output_dtype, budget_bytes).map_err(|e| e.to_string())?;
     let sink = create_sink(output, job.output_meta(), &ZarrCodecs::default())?;
     let config = RunConfig {
         budget_bytes,
@@ -555,8 +579,15 @@ fn run_contraction(
     let steps = job.plan().output_tiles() * job.plan().steps_per_output_tile();
     let bar = progress_bar(steps, &title);
     let report = job
-        .run(&engine, sink.as_ref(), &config, &mut |p: Progress| bar.set_position(p.steps_done))
-        .map_err(|e| format!("{e} (the destination {} is left incomplete)", output.display()))?;
+        .run(&engine, sink.as_ref(), &config, &mut |p: Progress| {
+            bar.set_position(p.steps_done)
+        })
+        .map_err(|e| {
+            format!(
+                "{e} (the destination {} is left incomplete)",
+                output.display()
+            )
+        })?;
     bar.finish_and_clear();
     let peak_rss_bytes = if rss_reset {
         read_process_memory().ok().map(|m| m.peak_rss_bytes)
@@ -587,7 +618,11 @@ fn describe(name: &Path, source: &dyn ChunkSource) -> String {
     format!(
         "{} ({} {}, {})",
         name.display(),
-        meta.shape().iter().map(u64::to_string).collect::<Vec<_>>().join("x"),
+        meta.shape()
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("x"),
         meta.dtype(),
         format_bytes(meta.len_bytes())
     )
@@ -595,7 +630,10 @@ fn describe(name: &Path, source: &dyn ChunkSource) -> String {
 
 fn print_summary(summary: &Summary, json: bool) -> Result<(), String> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary.json()).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary.json()).map_err(|e| e.to_string())?
+        );
     } else {
         print!("{}", summary.text());
     }
@@ -606,8 +644,19 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), String> {
 pub fn matmul(args: &MatmulArgs) -> Result<(), String> {
     let a = open_source(&args.a)?;
     let b = open_source(&args.b)?;
-    let title = format!("matmul {} @ {}", describe(&args.a, a.as_ref()), describe(&args.b, b.as_ref()));
-    let summary = run_contraction(&EinsumSpec::matmul(), a.as_ref(), b.as_ref(), &args.output, &args.run, title)?;
+    let title = format!(
+        "matmul {} @ {}",
+        describe(&args.a, a.as_ref()),
+        describe(&args.b, b.as_ref())
+    );
+    let summary = run_contraction(
+        &EinsumSpec::matmul(),
+        a.as_ref(),
+        b.as_ref(),
+        &args.output,
+        &args.run,
+        title,
+    )?;
     print_summary(&summary, args.run.json)
 }
 
@@ -621,7 +670,14 @@ pub fn einsum(args: &EinsumArgs) -> Result<(), String> {
         describe(&args.a, a.as_ref()),
         describe(&args.b, b.as_ref())
     );
-    let summary = run_contraction(&spec, a.as_ref(), b.as_ref(), &args.output, &args.run, title)?;
+    let summary = run_contraction(
+        &spec,
+        a.as_ref(),
+        b.as_ref(),
+        &args.output,
+        &args.run,
+        title,
+    )?;
     print_summary(&summary, args.run.json)
 }
 
@@ -635,12 +691,22 @@ fn line(source: &dyn ChunkSource, index: u64, along_rows: bool) -> Result<Vec<f6
     let mut values = vec![0f64; len as usize];
     let mut raw = Vec::new();
     let mut decoded = Vec::new();
-    let chunks_along = if along_rows { cols.div_ceil(chunk_cols) } else { rows.div_ceil(chunk_rows) };
+    let chunks_along = if along_rows {
+        cols.div_ceil(chunk_cols)
+    } else {
+        rows.div_ceil(chunk_rows)
+    };
     for step in 0..chunks_along {
-        let grid = if along_rows { [index / chunk_rows, step] } else { [step, index / chunk_cols] };
+        let grid = if along_rows {
+            [index / chunk_rows, step]
+        } else {
+            [step, index / chunk_cols]
+        };
         let region = meta.chunk_region(&grid);
         raw.resize(meta.chunk_len_bytes_at(&grid), 0);
-        source.read_chunk(&grid, &mut raw).map_err(|e| e.to_string())?;
+        source
+            .read_chunk(&grid, &mut raw)
+            .map_err(|e| e.to_string())?;
         decoded.resize(meta.chunk_element_count_at(&grid) as usize, 0f64);
         strata_array::chunk::decode_elements::<f64>(meta.dtype(), &raw, &mut decoded);
         let (region_rows, region_cols) = (region.shape[0], region.shape[1]);
@@ -665,7 +731,8 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
     // Two square f32 inputs, together DEMO_INPUTS_OVER_BUDGET x the budget,
     // rounded to whole default chunks.
     let input_elements = budget_bytes * DEMO_INPUTS_OVER_BUDGET / 2 / 4;
-    let side = (((input_elements as f64).sqrt() as u64) / DEFAULT_CHUNK_SIDE).max(1) * DEFAULT_CHUNK_SIDE;
+    let side =
+        (((input_elements as f64).sqrt() as u64) / DEFAULT_CHUNK_SIDE).max(1) * DEFAULT_CHUNK_SIDE;
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("strata-demo-{}", std::process::id())),
@@ -674,11 +741,13 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
     let path = |name: &str| dir.join(name);
     for name in ["a.zarr", "b.zarr", "c.zarr", "d.zarr"] {
         if path(name).exists() {
-            std::fs::remove_dir_all(path(name)).map_err(|e| format!("{}: {e}", path(name).display()))?;
+            std::fs::remove_dir_all(path(name))
+                .map_err(|e| format!("{}: {e}", path(name).display()))?;
         }
     }
     let chunks = vec![DEFAULT_CHUNK_SIDE, DEFAULT_CHUNK_SIDE];
-    let meta = ArrayMeta::new(vec![side, side], chunks, DataType::F32).map_err(|e| e.to_string())?;
+    let meta =
+        ArrayMeta::new(vec![side, side], chunks, DataType::F32).map_err(|e| e.to_string())?;
     if !args.json {
         println!(
             "strata demo: two {side}x{side} f32 arrays ({} each, {} together = {}x the {} budget) in {}",
@@ -690,8 +759,20 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         );
     }
     let started = Instant::now();
-    generate(&path("a.zarr"), meta.clone(), &ZarrCodecs::default(), &Fill::Random, DEMO_SEED)?;
-    generate(&path("b.zarr"), meta.clone(), &ZarrCodecs::default(), &Fill::Random, DEMO_SEED + 1)?;
+    generate(
+        &path("a.zarr"),
+        meta.clone(),
+        &ZarrCodecs::default(),
+        &Fill::Random,
+        DEMO_SEED,
+    )?;
+    generate(
+        &path("b.zarr"),
+        meta.clone(),
+        &ZarrCodecs::default(),
+        &Fill::Random,
+        DEMO_SEED + 1,
+    )?;
     let generated_seconds = started.elapsed().as_secs_f64();
     let a = open_source(&path("a.zarr"))?;
     let b = open_source(&path("b.zarr"))?;
@@ -709,7 +790,11 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         b.as_ref(),
         &path("c.zarr"),
         &run,
-        format!("matmul {} @ {}", describe(&path("a.zarr"), a.as_ref()), describe(&path("b.zarr"), b.as_ref())),
+        format!(
+            "matmul {} @ {}",
+            describe(&path("a.zarr"), a.as_ref()),
+            describe(&path("b.zarr"), b.as_ref())
+        ),
     )?;
     let c = open_source(&path("c.zarr"))?;
     let checked_matmul = check_entries(a.as_ref(), b.as_ref(), c.as_ref(), false)?;
@@ -722,7 +807,11 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         a.as_ref(),
         &path("d.zarr"),
         &run,
-        format!("einsum ij,kj->ik {} , {}", describe(&path("c.zarr"), c.as_ref()), describe(&path("a.zarr"), a.as_ref())),
+        format!(
+            "einsum ij,kj->ik {} , {}",
+            describe(&path("c.zarr"), c.as_ref()),
+            describe(&path("a.zarr"), a.as_ref())
+        ),
     )?;
     let d = open_source(&path("d.zarr"))?;
     let checked_chain = check_entries(c.as_ref(), a.as_ref(), d.as_ref(), true)?;
@@ -733,7 +822,10 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
             "jobs": [matmul.json(), chained.json()],
             "checked_entries": checked_matmul + checked_chain,
         });
-        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
+        );
     } else {
         println!("generated the inputs in {generated_seconds:.2} s\n");
         print!("{}", matmul.text());
@@ -765,7 +857,11 @@ fn check_entries(
         // Column j of B, or row j of B when the product takes B transposed.
         let other = line(b, j, b_transposed)?;
         if row.len() as u64 != depth || other.len() as u64 != depth {
-            return Err(format!("check: lines of {} and {} elements for a depth of {depth}", row.len(), other.len()));
+            return Err(format!(
+                "check: lines of {} and {} elements for a depth of {depth}",
+                row.len(),
+                other.len()
+            ));
         }
         let (mut sum, mut magnitude) = (0.0f64, 0.0f64);
         for (x, y) in row.iter().zip(&other) {

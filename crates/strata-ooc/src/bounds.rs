@@ -72,12 +72,17 @@ mod tests {
     fn small_products_are_bound_by_reading_the_inputs_once() {
         let c = EinsumSpec::matmul().bind(&[64, 64], &[64, 64]).unwrap();
         // Everything fits: the memory bound is below the inputs.
-        assert_eq!(read_lower_bound_bytes(&c, 4, 4, 4, 1 << 30), 2 * 64 * 64 * 4);
+        assert_eq!(
+            read_lower_bound_bytes(&c, 4, 4, 4, 1 << 30),
+            2 * 64 * 64 * 4
+        );
     }
 
     #[test]
     fn large_products_are_bound_by_memory() {
-        let c = EinsumSpec::matmul().bind(&[4096, 4096], &[4096, 4096]).unwrap();
+        let c = EinsumSpec::matmul()
+            .bind(&[4096, 4096], &[4096, 4096])
+            .unwrap();
         let s = (32u64 << 20) / 4;
         let expected = 2.0 * 4096f64.powi(3) / (s as f64).sqrt() * 4.0;
         let bound = read_lower_bound_bytes(&c, 4, 4, 4, 32 << 20) as f64;

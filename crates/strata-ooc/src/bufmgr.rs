@@ -52,6 +52,9 @@ use crate::policy::{ChunkKey, EvictionPolicy};
 /// Alignment of every chunk buffer: a cache line, and enough for any
 /// element type.
 pub const CHUNK_ALIGN_BYTES: u64 = 64;
+/// How long a pin waits between looks at read-ahead loads and spills in
+/// flight when they hold the room it needs (they also signal when done).
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 /// Page granule the pool rounds large blocks to (mirrors the pool's rule,
 /// checked against the real block size after each allocation).
 const LARGE_GRANULE_BYTES: u64 = 4096;
@@ -461,15 +464,36 @@ impl<'p> BufferManager<'p> {
         let mut to_spill = Vec::new();
         let surplus_bytes = {
             let mut state = self.lock();
-            if state.entries.contains_key(&key)
-                || state.spilling.contains(&key)
-                || state.spilled.get(&key).copied() != expected_spill
-            {
-                return Ok(None);
-            }
-            // Nothing is evicted unless all of the room can be made.
-            let surplus_bytes =
-                self.claim_room(&mut state, key, block_bytes, true, &mut to_spill)?;
+            // Nothing is evicted unless all of the room can be made. A pin
+            // that finds the room held by read-ahead loads or spills in
+            // flight waits for them (they become evictable or free their
+            // room) instead of failing; a prefetch never waits.
+            let surplus_bytes = loop {
+                if state.entries.contains_key(&key)
+                    || state.spilling.contains(&key)
+                    || state.spilled.get(&key).copied() != expected_spill
+                {
+                    return Ok(None);
+                }
+                match self.claim_room(&mut state, key, block_bytes, true, &mut to_spill) {
+                    Ok(surplus_bytes) => break surplus_bytes,
+                    Err(OocError::CacheFull { .. })
+                        if pins > 0
+                            && (!state.spilling.is_empty()
+                                || state
+                                    .entries
+                                    .values()
+                                    .any(|e| e.pins == 0 && e.data.is_none())) =>
+                    {
+                        state = self
+                            .loaded
+                            .wait_timeout(state, IN_FLIGHT_WAIT)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
             if pins > 0 {
                 state.pinned_bytes += block_bytes;
                 state.stats.peak_pinned_bytes =
