@@ -63,6 +63,10 @@ enum Command {
     Matmul(ooc::MatmulArgs),
     /// A two-operand einsum out of core, within `--memory`.
     Einsum(ooc::EinsumArgs),
+    /// A reduction (sum, mean, min, max) along axes, within `--memory`.
+    Reduce(ooc::ReduceArgs),
+    /// An elementwise operation of same-shaped arrays, within `--memory`.
+    Map(ooc::MapArgs),
     /// Print this process's memory figures: the heap as the tracking
     /// allocator counts it, RSS, system and cgroup memory, the pressure
     /// level; with `--demo-workload`, also a pool after a short workload.
@@ -96,6 +100,8 @@ fn main() -> ExitCode {
         Command::Info(args) => ooc::info(&args),
         Command::Matmul(args) => ooc::matmul(&args),
         Command::Einsum(args) => ooc::einsum(&args),
+        Command::Reduce(args) => ooc::reduce(&args),
+        Command::Map(args) => ooc::map(&args),
         Command::Stats {
             demo_workload,
             json,

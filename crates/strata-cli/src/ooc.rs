@@ -13,13 +13,20 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use strata_array::chunk::{encode_elements, ChunkSink, ChunkSource};
 use strata_array::dtype::DataType;
+use strata_array::error::ArrayError;
 use strata_array::meta::ArrayMeta;
 use strata_array::npy::{NpyArray, NpyReadMode};
 use strata_array::zarr::{zarr_info, ZarrArray, ZarrCodecs, ZarrCompression};
+use strata_disk::device::FileDevice;
 use strata_ooc::bounds::read_lower_bound_bytes;
-use strata_ooc::contract::{ContractionJob, Engine, PolicyKind, Progress, RunConfig, RunReport};
+use strata_ooc::bufmgr::CacheStats;
+use strata_ooc::contract::{ContractionJob, Engine, PolicyKind, Progress, RunConfig};
 use strata_ooc::einsum::EinsumSpec;
-use strata_pool::budget::{format_bytes, MemoryPool};
+use strata_ooc::map::{MapJob, MapOp};
+use strata_ooc::reduce::{ReduceJob, ReduceOp};
+use strata_ooc::spill_array::SpillArray;
+use strata_ooc::stream::StreamReport;
+use strata_pool::budget::format_bytes;
 use strata_pool::sysmem::{read_process_memory, reset_peak_rss};
 
 use crate::disk::parse_size;
@@ -32,6 +39,12 @@ const DEFAULT_CHUNK_ELEMENTS: u64 = DEFAULT_CHUNK_SIDE * DEFAULT_CHUNK_SIDE;
 const DEMO_CHECKED_ENTRIES: usize = 16;
 /// The demo's inputs together are this many times its budget.
 const DEMO_INPUTS_OVER_BUDGET: u64 = 8;
+/// The disk tier's cap for the demo's intermediate, over its raw size.
+const DEMO_SPILL_CAP_OVER_INTERMEDIATE: u64 = 2;
+/// The demo's chunks are at most 1/this of its budget.
+const DEMO_CHUNKS_PER_BUDGET: u64 = 32;
+/// The demo's smallest chunk side.
+const DEMO_CHUNK_SIDE_MIN: u64 = 16;
 /// Seed of the demo's generated arrays.
 const DEMO_SEED: u64 = 0x5354_5241_5441_0005;
 
@@ -438,61 +451,68 @@ pub fn info(args: &InfoArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Everything the summary of one contraction shows.
+/// Everything the summary of one job shows.
 struct Summary {
     title: String,
-    report: RunReport,
-    budget_bytes: u64,
-    peak_rss_bytes: Option<u64>,
-    lower_bound_bytes: u64,
     output: String,
+    plan: String,
+    policy: &'static str,
+    wall_seconds: f64,
+    /// Floating-point operations (contractions only).
+    flops: Option<u64>,
+    budget_bytes: u64,
+    peak_reserved_bytes: u64,
+    peak_rss_bytes: Option<u64>,
+    read_bytes: u64,
+    input_bytes: u64,
+    lower_bound_bytes: u64,
+    written_bytes: u64,
+    cache: CacheStats,
 }
 
 impl Summary {
+    fn hit_ratio(&self) -> f64 {
+        let total = self.cache.hits + self.cache.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.cache.hits as f64 / total as f64
+        }
+    }
+
     fn json(&self) -> Value {
-        let r = &self.report;
-        let c = &r.cache;
+        let c = &self.cache;
         json!({
             "job": self.title,
             "output": self.output,
-            "policy": r.policy,
-            "wall_seconds": r.wall.as_secs_f64(),
-            "flops": r.flops,
-            "gflops_per_second": r.gflops(),
+            "plan": self.plan,
+            "policy": self.policy,
+            "wall_seconds": self.wall_seconds,
+            "flops": self.flops,
+            "gflops_per_second": self.flops.map(|f| f as f64 / self.wall_seconds.max(f64::MIN_POSITIVE) / 1e9),
+            "read_mb_per_second": self.read_bytes as f64 / self.wall_seconds.max(f64::MIN_POSITIVE) / 1e6,
             "budget_bytes": self.budget_bytes,
-            "peak_reserved_bytes": r.peak_reserved_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
             "peak_rss_bytes": self.peak_rss_bytes,
-            "read_bytes": c.source_read_bytes,
-            "written_bytes": r.written_bytes,
+            "read_bytes": self.read_bytes,
+            "written_bytes": self.written_bytes,
             "spilled_bytes": c.spilled_bytes,
             "reloaded_bytes": c.reloaded_bytes,
-            "input_bytes": r.input_bytes,
+            "input_bytes": self.input_bytes,
             "read_lower_bound_bytes": self.lower_bound_bytes,
             "cache_hits": c.hits,
             "cache_misses": c.misses,
-            "cache_hit_ratio": r.hit_ratio(),
+            "cache_hit_ratio": self.hit_ratio(),
             "evictions": c.evictions,
             "prefetches": c.prefetches,
             "prefetch_hits": c.prefetch_hits,
             "prefetch_wasted": c.prefetch_wasted,
             "stall_seconds": c.stall_ns as f64 / 1e9,
-            "tiles": r.plan.tiles.iter().map(|t| json!({
-                "label": (t.label as char).to_string(), "len": t.len, "tile": t.tile
-            })).collect::<Vec<_>>(),
         })
     }
 
     fn text(&self) -> String {
-        let r = &self.report;
-        let c = &r.cache;
-        let tiles = r
-            .plan
-            .tiles
-            .iter()
-            .map(|t| format!("{}={}", t.label as char, t.tile))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let read = c.source_read_bytes;
+        let c = &self.cache;
         let prefetch_use = if c.prefetches == 0 {
             "off or none needed".to_string()
         } else {
@@ -504,34 +524,41 @@ impl Summary {
                 c.prefetch_wasted
             )
         };
-        let mut lines = vec![
+        let wall = self.wall_seconds.max(f64::MIN_POSITIVE);
+        let compute = match self.flops {
+            Some(flops) => format!(
+                "{:.1} GFLOP at {:.1} GFLOP/s",
+                flops as f64 / 1e9,
+                flops as f64 / wall / 1e9
+            ),
+            None => format!("read at {:.0} MB/s", self.read_bytes as f64 / wall / 1e6),
+        };
+        let lines = [
             self.title.clone(),
             format!("  output          {}", self.output),
-            format!("  plan            tiles {tiles}; policy {}", r.policy),
-            format!("  wall time       {:.2} s", r.wall.as_secs_f64()),
-            format!(
-                "  compute         {:.1} GFLOP at {:.1} GFLOP/s",
-                r.flops as f64 / 1e9,
-                r.gflops()
-            ),
+            format!("  plan            {}; policy {}", self.plan, self.policy),
+            format!("  wall time       {:.2} s", self.wall_seconds),
+            format!("  compute         {compute}"),
             format!(
                 "  peak reserved   {} of the {} budget",
-                format_bytes(r.peak_reserved_bytes),
+                format_bytes(self.peak_reserved_bytes),
                 format_bytes(self.budget_bytes)
             ),
             format!(
                 "  peak RSS        {}",
-                self.peak_rss_bytes
-                    .map_or("not measured (cannot reset the process's peak)".to_string(), format_bytes)
+                self.peak_rss_bytes.map_or(
+                    "not measured (cannot reset the process's peak)".to_string(),
+                    format_bytes
+                )
             ),
             format!(
                 "  read            {} = {:.2}x the inputs, {:.2}x the I/O lower bound ({})",
-                format_bytes(read),
-                read as f64 / r.input_bytes.max(1) as f64,
-                read as f64 / self.lower_bound_bytes.max(1) as f64,
+                format_bytes(self.read_bytes),
+                self.read_bytes as f64 / self.input_bytes.max(1) as f64,
+                self.read_bytes as f64 / self.lower_bound_bytes.max(1) as f64,
                 format_bytes(self.lower_bound_bytes)
             ),
-            format!("  written         {}", format_bytes(r.written_bytes)),
+            format!("  written         {}", format_bytes(self.written_bytes)),
             format!(
                 "  spilled         {} (reloaded {})",
                 format_bytes(c.spilled_bytes),
@@ -539,7 +566,7 @@ impl Summary {
             ),
             format!(
                 "  cache           {:.1}% hits ({} hits, {} misses, {} evictions); stalled {:.2} s on I/O",
-                100.0 * r.hit_ratio(),
+                100.0 * self.hit_ratio(),
                 c.hits,
                 c.misses,
                 c.evictions,
@@ -547,17 +574,48 @@ impl Summary {
             ),
             format!("  prefetch        {prefetch_use}"),
         ];
-        lines.push(String::new());
-        lines.join("\n")
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
     }
 }
 
-/// Plans and runs one contraction from files, returning its summary.
+/// A progress bar for a job of `steps` and the peak-RSS reset, then `run`,
+/// then the peak RSS (if it could be reset).
+fn timed_job<R>(
+    title: &str,
+    steps: u64,
+    run: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<R, String>,
+) -> Result<(R, Option<u64>), String> {
+    let rss_reset = reset_peak_rss().is_ok();
+    let bar = progress_bar(steps, title);
+    let result = run(&mut |p: Progress| bar.set_position(p.steps_done))?;
+    bar.finish_and_clear();
+    let peak_rss_bytes = if rss_reset {
+        read_process_memory().ok().map(|m| m.peak_rss_bytes)
+    } else {
+        None
+    };
+    Ok((result, peak_rss_bytes))
+}
+
+fn run_config(run: &RunArgs, budget_bytes: u64) -> RunConfig {
+    RunConfig {
+        budget_bytes,
+        policy: run.policy.kind(),
+        prefetch: !run.no_prefetch,
+        gemm_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// Plans and runs one contraction into `sink_for(output meta)`, returning
+/// its summary.
 fn run_contraction(
     spec: &EinsumSpec,
     a: &dyn ChunkSource,
     b: &dyn ChunkSource,
-    output: &Path,
+    output: &str,
+    sink_for: &dyn Fn(ArrayMeta) -> Result<Box<dyn ChunkSink>, String>,
     run: &RunArgs,
     title: String,
 ) -> Result<Summary, String> {
@@ -567,34 +625,14 @@ fn run_contraction(
     });
     let job =
         ContractionJob::new(spec, a, b, output_dtype, budget_bytes).map_err(|e| e.to_string())?;
-    let sink = create_sink(output, job.output_meta(), &ZarrCodecs::default())?;
-    let config = RunConfig {
-        budget_bytes,
-        policy: run.policy.kind(),
-        prefetch: !run.no_prefetch,
-        gemm_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let sink = sink_for(job.output_meta())?;
+    let config = run_config(run, budget_bytes);
     let engine = Engine::new(budget_bytes).map_err(|e| e.to_string())?;
-    let rss_reset = reset_peak_rss().is_ok();
     let steps = job.plan().output_tiles() * job.plan().steps_per_output_tile();
-    let bar = progress_bar(steps, &title);
-    let report = job
-        .run(&engine, sink.as_ref(), &config, &mut |p: Progress| {
-            bar.set_position(p.steps_done)
-        })
-        .map_err(|e| {
-            format!(
-                "{e} (the destination {} is left incomplete)",
-                output.display()
-            )
-        })?;
-    bar.finish_and_clear();
-    let peak_rss_bytes = if rss_reset {
-        read_process_memory().ok().map(|m| m.peak_rss_bytes)
-    } else {
-        None
-    };
-    debug_assert_eq!(engine.budget().reserved(), 0);
+    let (report, peak_rss_bytes) = timed_job(&title, steps, |progress| {
+        job.run(&engine, sink.as_ref(), &config, progress)
+            .map_err(|e| format!("{e} (the destination {output} is left incomplete)"))
+    })?;
     let compute_bytes = job.compute_type().dtype().size_bytes() as u64;
     let lower_bound_bytes = read_lower_bound_bytes(
         job.contraction(),
@@ -603,14 +641,64 @@ fn run_contraction(
         compute_bytes,
         budget_bytes,
     );
+    let plan = format!(
+        "tiles {}",
+        report
+            .plan
+            .tiles
+            .iter()
+            .map(|t| format!("{}={}", t.label as char, t.tile))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     Ok(Summary {
         title,
-        report,
+        output: output.to_string(),
+        plan,
+        policy: report.policy,
+        wall_seconds: report.wall.as_secs_f64(),
+        flops: Some(report.flops),
         budget_bytes,
+        peak_reserved_bytes: report.peak_reserved_bytes,
         peak_rss_bytes,
+        read_bytes: report.cache.source_read_bytes,
+        input_bytes: report.input_bytes,
         lower_bound_bytes,
-        output: output.display().to_string(),
+        written_bytes: report.written_bytes,
+        cache: report.cache,
     })
+}
+
+/// The summary of a streaming job (reduction or elementwise).
+fn stream_summary(
+    title: String,
+    output: &str,
+    plan: String,
+    budget_bytes: u64,
+    report: &StreamReport,
+    peak_rss_bytes: Option<u64>,
+) -> Summary {
+    Summary {
+        title,
+        output: output.to_string(),
+        plan,
+        policy: report.policy,
+        wall_seconds: report.wall.as_secs_f64(),
+        flops: None,
+        budget_bytes,
+        peak_reserved_bytes: report.peak_reserved_bytes,
+        peak_rss_bytes,
+        read_bytes: report.read_bytes,
+        input_bytes: report.input_bytes,
+        // Streaming jobs can do no better than reading each input once.
+        lower_bound_bytes: report.input_bytes,
+        written_bytes: report.written_bytes,
+        cache: report.cache,
+    }
+}
+
+fn file_sink(path: &Path) -> impl Fn(ArrayMeta) -> Result<Box<dyn ChunkSink>, String> + '_ {
+    move |meta| create_sink(path, meta, &ZarrCodecs::default())
 }
 
 fn describe(name: &Path, source: &dyn ChunkSource) -> String {
@@ -649,11 +737,13 @@ pub fn matmul(args: &MatmulArgs) -> Result<(), String> {
         describe(&args.a, a.as_ref()),
         describe(&args.b, b.as_ref())
     );
+    let output = args.output.display().to_string();
     let summary = run_contraction(
         &EinsumSpec::matmul(),
         a.as_ref(),
         b.as_ref(),
-        &args.output,
+        &output,
+        &file_sink(&args.output),
         &args.run,
         title,
     )?;
@@ -670,14 +760,215 @@ pub fn einsum(args: &EinsumArgs) -> Result<(), String> {
         describe(&args.a, a.as_ref()),
         describe(&args.b, b.as_ref())
     );
+    let output = args.output.display().to_string();
     let summary = run_contraction(
         &spec,
         a.as_ref(),
         b.as_ref(),
-        &args.output,
+        &output,
+        &file_sink(&args.output),
         &args.run,
         title,
     )?;
+    print_summary(&summary, args.run.json)
+}
+
+/// Reduction names accepted on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReduceArg {
+    /// Compensated sum.
+    Sum,
+    /// Mean.
+    Mean,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+}
+
+/// `strata reduce`.
+#[derive(Debug, Args)]
+pub struct ReduceArgs {
+    /// The reduction.
+    #[arg(value_enum)]
+    op: ReduceArg,
+    /// The input array.
+    input: PathBuf,
+    /// Axes to reduce, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    axes: Option<Vec<usize>>,
+    /// Keep reduced axes with length 1.
+    #[arg(long)]
+    keepdims: bool,
+    /// Result: a new Zarr directory, or an `.npy` file.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Elementwise operation names accepted on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MapArg {
+    /// a + b.
+    Add,
+    /// a - b.
+    Sub,
+    /// a * b.
+    Mul,
+    /// a / b.
+    Div,
+    /// min(a, b).
+    Min,
+    /// max(a, b).
+    Max,
+    /// a * b + c (fused).
+    Fma,
+    /// a * --scale + --offset (fused).
+    Scale,
+}
+
+/// `strata map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// The operation.
+    #[arg(value_enum)]
+    op: MapArg,
+    /// Inputs (one for scale, three for fma, two otherwise), same shape.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Factor of `scale`.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Term added by `scale`.
+    #[arg(long, default_value_t = 0.0)]
+    offset: f64,
+    /// Result: a new Zarr directory, or an `.npy` file.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Runs a reduction of `source` into `sink_for(output meta)`.
+#[allow(clippy::too_many_arguments)]
+fn run_reduce(
+    source: &dyn ChunkSource,
+    op: ReduceOp,
+    axes: &[usize],
+    keepdims: bool,
+    output: &str,
+    sink_for: &dyn Fn(ArrayMeta) -> Result<Box<dyn ChunkSink>, String>,
+    run: &RunArgs,
+    title: String,
+) -> Result<Summary, String> {
+    let budget_bytes = parse_size(&run.memory).map_err(|e| format!("--memory: {e}"))?;
+    let output_dtype = run.dtype.map(DtypeArg::dtype).unwrap_or_else(|| {
+        strata_ooc::contract::compute_type_for(source.meta().dtype(), source.meta().dtype()).dtype()
+    });
+    let job = ReduceJob::new(source, op, axes, keepdims, output_dtype, budget_bytes)
+        .map_err(|e| e.to_string())?;
+    let sink = sink_for(job.output_meta())?;
+    let config = run_config(run, budget_bytes);
+    let engine = Engine::new(budget_bytes).map_err(|e| e.to_string())?;
+    let steps = job.access_sequence().len() as u64;
+    let (report, peak_rss_bytes) = timed_job(&title, steps, |progress| {
+        job.run(&engine, sink.as_ref(), &config, progress)
+            .map_err(|e| format!("{e} (the destination {output} is left incomplete)"))
+    })?;
+    let plan = format!("tiles {:?} over the kept axes", job.tile_shape());
+    Ok(stream_summary(
+        title,
+        output,
+        plan,
+        budget_bytes,
+        &report,
+        peak_rss_bytes,
+    ))
+}
+
+/// `strata reduce`.
+pub fn reduce(args: &ReduceArgs) -> Result<(), String> {
+    let source = open_source(&args.input)?;
+    let op = match args.op {
+        ReduceArg::Sum => ReduceOp::Sum,
+        ReduceArg::Mean => ReduceOp::Mean,
+        ReduceArg::Min => ReduceOp::Min,
+        ReduceArg::Max => ReduceOp::Max,
+    };
+    let axes = args
+        .axes
+        .clone()
+        .unwrap_or_else(|| (0..source.meta().rank()).collect());
+    let title = format!(
+        "reduce {} over axes {axes:?} of {}",
+        op.name(),
+        describe(&args.input, source.as_ref())
+    );
+    let output = args.output.display().to_string();
+    let summary = run_reduce(
+        source.as_ref(),
+        op,
+        &axes,
+        args.keepdims,
+        &output,
+        &file_sink(&args.output),
+        &args.run,
+        title,
+    )?;
+    print_summary(&summary, args.run.json)
+}
+
+/// `strata map`.
+pub fn map(args: &MapArgs) -> Result<(), String> {
+    let op = match args.op {
+        MapArg::Add => MapOp::Add,
+        MapArg::Sub => MapOp::Sub,
+        MapArg::Mul => MapOp::Mul,
+        MapArg::Div => MapOp::Div,
+        MapArg::Min => MapOp::Min,
+        MapArg::Max => MapOp::Max,
+        MapArg::Fma => MapOp::Fma,
+        MapArg::Scale => MapOp::Scale {
+            scale: args.scale,
+            offset: args.offset,
+        },
+    };
+    let sources = args
+        .inputs
+        .iter()
+        .map(|p| open_source(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inputs: Vec<&dyn ChunkSource> = sources.iter().map(|s| s.as_ref()).collect();
+    let budget_bytes = parse_size(&args.run.memory).map_err(|e| format!("--memory: {e}"))?;
+    let first = inputs[0].meta().dtype();
+    let output_dtype = args
+        .run
+        .dtype
+        .map(DtypeArg::dtype)
+        .unwrap_or_else(|| strata_ooc::contract::compute_type_for(first, first).dtype());
+    let job = MapJob::new(op, &inputs, output_dtype, budget_bytes).map_err(|e| e.to_string())?;
+    let sink = create_sink(&args.output, job.output_meta(), &ZarrCodecs::default())?;
+    let config = run_config(&args.run, budget_bytes);
+    let engine = Engine::new(budget_bytes).map_err(|e| e.to_string())?;
+    let title = format!(
+        "map {} of {}",
+        op.name(),
+        args.inputs
+            .iter()
+            .zip(&inputs)
+            .map(|(p, s)| describe(p, *s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let output = args.output.display().to_string();
+    let steps = job.access_sequence().len() as u64;
+    let (report, peak_rss_bytes) = timed_job(&title, steps, |progress| {
+        job.run(&engine, sink.as_ref(), &config, progress)
+            .map_err(|e| format!("{e} (the destination {output} is left incomplete)"))
+    })?;
+    let plan = format!("output chunks {:?}", job.output_meta().chunk_shape());
+    let summary = stream_summary(title, &output, plan, budget_bytes, &report, peak_rss_bytes);
     print_summary(&summary, args.run.json)
 }
 
@@ -728,32 +1019,42 @@ fn line(source: &dyn ChunkSource, index: u64, along_rows: bool) -> Result<Vec<f6
 /// `strata demo`: generate, multiply, chain, check, summarize.
 pub fn demo(args: &DemoArgs) -> Result<(), String> {
     let budget_bytes = parse_size(&args.memory).map_err(|e| format!("--memory: {e}"))?;
+    // Chunks small enough that the cache holds many (a budget of 1/32nd
+    // per chunk at most), up to the default 512 x 512.
+    let mut chunk_side = DEFAULT_CHUNK_SIDE;
+    while chunk_side > DEMO_CHUNK_SIDE_MIN
+        && chunk_side * chunk_side * 4 * DEMO_CHUNKS_PER_BUDGET > budget_bytes
+    {
+        chunk_side /= 2;
+    }
     // Two square f32 inputs, together DEMO_INPUTS_OVER_BUDGET x the budget,
-    // rounded to whole default chunks.
+    // rounded to whole chunks.
     let input_elements = budget_bytes * DEMO_INPUTS_OVER_BUDGET / 2 / 4;
-    let side =
-        (((input_elements as f64).sqrt() as u64) / DEFAULT_CHUNK_SIDE).max(1) * DEFAULT_CHUNK_SIDE;
+    let side = (((input_elements as f64).sqrt() as u64) / chunk_side).max(1) * chunk_side;
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("strata-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = |name: &str| dir.join(name);
-    for name in ["a.zarr", "b.zarr", "c.zarr", "d.zarr"] {
+    for name in ["a.zarr", "b.zarr", "c.zarr", "r.zarr"] {
         if path(name).exists() {
             std::fs::remove_dir_all(path(name))
                 .map_err(|e| format!("{}: {e}", path(name).display()))?;
         }
     }
-    let chunks = vec![DEFAULT_CHUNK_SIDE, DEFAULT_CHUNK_SIDE];
-    let meta =
-        ArrayMeta::new(vec![side, side], chunks, DataType::F32).map_err(|e| e.to_string())?;
+    let meta = ArrayMeta::new(
+        vec![side, side],
+        vec![chunk_side, chunk_side],
+        DataType::F32,
+    )
+    .map_err(|e| e.to_string())?;
     if !args.json {
         println!(
-            "strata demo: two {side}x{side} f32 arrays ({} each, {} together = {}x the {} budget) in {}",
+            "strata demo: two {side}x{side} f32 arrays ({} each, {} together = {:.1}x the {} budget) in {}",
             format_bytes(meta.len_bytes()),
             format_bytes(2 * meta.len_bytes()),
-            2 * meta.len_bytes() / budget_bytes.max(1),
+            2.0 * meta.len_bytes() as f64 / budget_bytes.max(1) as f64,
             format_bytes(budget_bytes),
             dir.display()
         );
@@ -776,6 +1077,10 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
     let generated_seconds = started.elapsed().as_secs_f64();
     let a = open_source(&path("a.zarr"))?;
     let b = open_source(&path("b.zarr"))?;
+    let (a_name, b_name) = (
+        describe(&path("a.zarr"), a.as_ref()),
+        describe(&path("b.zarr"), b.as_ref()),
+    );
     let run = RunArgs {
         memory: args.memory.clone(),
         policy: PolicyArg::Min,
@@ -783,44 +1088,80 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         dtype: None,
         json: args.json,
     };
-    // 1. C = A @ B.
+    // 1. C = A @ B, to c.zarr.
+    let c_path = path("c.zarr");
     let matmul = run_contraction(
         &EinsumSpec::matmul(),
         a.as_ref(),
         b.as_ref(),
-        &path("c.zarr"),
+        &c_path.display().to_string(),
+        &file_sink(&c_path),
         &run,
-        format!(
-            "matmul {} @ {}",
-            describe(&path("a.zarr"), a.as_ref()),
-            describe(&path("b.zarr"), b.as_ref())
-        ),
+        format!("matmul {a_name} @ {b_name}"),
     )?;
-    let c = open_source(&path("c.zarr"))?;
+    let c = open_source(&c_path)?;
     let checked_matmul = check_entries(a.as_ref(), b.as_ref(), c.as_ref(), false)?;
-    // 2. A chain: D = (C @ B^T) contracted with A as einsum "ij,kj->ik",
-    //    reading the intermediate C written by step 1.
+    drop(c);
+
+    // 2. A chain: T = einsum("ij,kj->ik", A, B) is an intermediate in the
+    //    disk tier (spill records with checksums, written in the
+    //    background), never a user file; r = sum of T over axis 1 reads it
+    //    back, verified, and goes to r.zarr.
     let spec = EinsumSpec::parse("ij,kj->ik").map_err(|e| e.to_string())?;
-    let chained = run_contraction(
+    let spill_cap_bytes = meta.len_bytes() * DEMO_SPILL_CAP_OVER_INTERMEDIATE;
+    let intermediate: std::cell::RefCell<Option<std::sync::Arc<SpillArray<FileDevice>>>> =
+        std::cell::RefCell::new(None);
+    let spill_sink = |out_meta: ArrayMeta| -> Result<Box<dyn ChunkSink>, String> {
+        let array = std::sync::Arc::new(
+            SpillArray::<FileDevice>::temp_file(
+                "T (intermediate)",
+                out_meta,
+                &dir,
+                spill_cap_bytes,
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        *intermediate.borrow_mut() = Some(std::sync::Arc::clone(&array));
+        Ok(Box::new(SharedSink(array)))
+    };
+    let einsum = run_contraction(
         &spec,
-        c.as_ref(),
         a.as_ref(),
-        &path("d.zarr"),
+        b.as_ref(),
+        "T, an intermediate in the disk tier",
+        &spill_sink,
         &run,
-        format!(
-            "einsum ij,kj->ik {} , {}",
-            describe(&path("c.zarr"), c.as_ref()),
-            describe(&path("a.zarr"), a.as_ref())
-        ),
+        format!("einsum ij,kj->ik {a_name} , {b_name}"),
     )?;
-    let d = open_source(&path("d.zarr"))?;
-    let checked_chain = check_entries(c.as_ref(), a.as_ref(), d.as_ref(), true)?;
+    let t = intermediate
+        .borrow_mut()
+        .take()
+        .ok_or("the chained einsum made no intermediate")?;
+    let checked_einsum = check_entries(a.as_ref(), b.as_ref(), t.as_ref(), true)?;
+    let r_path = path("r.zarr");
+    let reduce = run_reduce(
+        t.as_ref(),
+        ReduceOp::Sum,
+        &[1],
+        false,
+        &r_path.display().to_string(),
+        &file_sink(&r_path),
+        &run,
+        "reduce sum over axis 1 of T (read back from the disk tier)".to_string(),
+    )?;
+    let spill_stats = t.stats();
+    drop(t);
+    let r = open_source(&r_path)?;
+    let checked_reduce = check_row_sums(a.as_ref(), b.as_ref(), r.as_ref())?;
+
+    let checked = checked_matmul + checked_einsum + checked_reduce;
     if args.json {
         let value = json!({
             "dir": dir.display().to_string(),
             "generated_seconds": generated_seconds,
-            "jobs": [matmul.json(), chained.json()],
-            "checked_entries": checked_matmul + checked_chain,
+            "jobs": [matmul.json(), einsum.json(), reduce.json()],
+            "intermediate_spill": format!("{spill_stats:?}"),
+            "checked_entries": checked,
         });
         println!(
             "{}",
@@ -828,13 +1169,101 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         );
     } else {
         println!("generated the inputs in {generated_seconds:.2} s\n");
+        let ok = "all within the f32 error bound";
         print!("{}", matmul.text());
-        println!("  checked         {checked_matmul} sampled entries against direct dot products: all within the f32 summation bound\n");
-        print!("{}", chained.text());
-        println!("  checked         {checked_chain} sampled entries against direct dot products: all within the f32 summation bound\n");
-        println!("files: {} (a.zarr, b.zarr inputs; c.zarr = a @ b; d.zarr = einsum ij,kj->ik of c and a); remove the directory when done", dir.display());
+        println!("  checked         {checked_matmul} sampled entries against direct dot products: {ok}\n");
+        print!("{}", einsum.text());
+        println!("  intermediate    {spill_stats:?}");
+        println!("  checked         {checked_einsum} sampled entries of T against direct dot products: {ok}\n");
+        print!("{}", reduce.text());
+        println!("  checked         {checked_reduce} sampled sums against A's rows times B's column sums: {ok}\n");
+        println!(
+            "files: {} (a.zarr, b.zarr: inputs; c.zarr = a @ b; r.zarr = row sums of a @ b^T, \
+             computed through an intermediate spilled to the disk tier); remove the directory when done",
+            dir.display()
+        );
     }
     Ok(())
+}
+
+/// A sink shared with the caller (who reads the intermediate afterwards).
+struct SharedSink(std::sync::Arc<SpillArray<FileDevice>>);
+
+impl ChunkSink for SharedSink {
+    fn meta(&self) -> &ArrayMeta {
+        ChunkSink::meta(self.0.as_ref())
+    }
+    fn name(&self) -> &str {
+        ChunkSink::name(self.0.as_ref())
+    }
+    fn write_chunk(&self, grid_index: &[u64], data: &[u8]) -> Result<(), ArrayError> {
+        self.0.write_chunk(grid_index, data)
+    }
+    fn finish(&self) -> Result<(), ArrayError> {
+        self.0.finish()
+    }
+}
+
+/// Checks sampled entries of `r`, the row sums of A @ B^T, against
+/// `A[i, :] . colsum(B)`, within the bound of the chained computation.
+fn check_row_sums(
+    a: &dyn ChunkSource,
+    b: &dyn ChunkSource,
+    r: &dyn ChunkSource,
+) -> Result<usize, String> {
+    let n = b.meta().shape()[0];
+    let depth = a.meta().shape()[1];
+    // Column sums of B, and of |B|, in f64.
+    let mut column_sums = vec![0f64; depth as usize];
+    let mut column_magnitudes = vec![0f64; depth as usize];
+    for k in 0..n {
+        for (j, value) in line(b, k, true)?.into_iter().enumerate() {
+            column_sums[j] += value;
+            column_magnitudes[j] += value.abs();
+        }
+    }
+    let mut rng = SmallRng::seed_from_u64(DEMO_SEED + 2);
+    let u = f64::from(f32::EPSILON) / 2.0;
+    let rows = r.meta().shape()[0];
+    let r_all = line_1d(r)?;
+    for _ in 0..DEMO_CHECKED_ENTRIES {
+        let i = rng.gen_range(0..rows);
+        let row = line(a, i, true)?;
+        let want: f64 = row.iter().zip(&column_sums).map(|(x, s)| x * s).sum();
+        let magnitude: f64 = row
+            .iter()
+            .zip(&column_magnitudes)
+            .map(|(x, s)| x.abs() * s)
+            .sum();
+        let got = r_all[i as usize];
+        // Each T entry: gamma_depth on its products and one rounding to f32;
+        // the compensated sum over n of them: 2u; the result's rounding.
+        let gamma = depth as f64 * u / (1.0 - depth as f64 * u);
+        let bound = (gamma + 3.0 * u) * magnitude + u * want.abs();
+        if (got - want).abs() > bound {
+            return Err(format!(
+                "check failed: row sum {i} of {} is {got}, directly computed {want} (bound {bound:e})",
+                r.name()
+            ));
+        }
+    }
+    Ok(DEMO_CHECKED_ENTRIES)
+}
+
+/// A 1-D array as f64.
+fn line_1d(source: &dyn ChunkSource) -> Result<Vec<f64>, String> {
+    let meta = source.meta();
+    let mut values = Vec::with_capacity(meta.shape()[0] as usize);
+    for grid in meta.grid_indices() {
+        let mut raw = vec![0u8; meta.chunk_len_bytes_at(&grid)];
+        source
+            .read_chunk(&grid, &mut raw)
+            .map_err(|e| e.to_string())?;
+        let mut decoded = vec![0f64; meta.chunk_element_count_at(&grid) as usize];
+        strata_array::chunk::decode_elements::<f64>(meta.dtype(), &raw, &mut decoded);
+        values.extend(decoded);
+    }
+    Ok(values)
 }
 
 /// Checks sampled entries of `out` against dot products computed directly

@@ -229,6 +229,9 @@ impl Drop for Pinned<'_, '_> {
     }
 }
 
+/// A finished load: the handle (for a pinned load) and the chunk's bytes.
+type Loaded<'p> = (Option<Arc<PoolBox<'p>>>, usize);
+
 /// What [`BufferManager::pin_or_load`] found under the lock.
 enum Found<'p> {
     Ready(Arc<PoolBox<'p>>, usize),
@@ -384,7 +387,7 @@ impl<'p> BufferManager<'p> {
     /// buffer.
     pub fn insert_intermediate(&self, key: ChunkKey, bytes: &[u8]) -> Result<(), OocError> {
         let Some((mut data, block_bytes)) =
-            self.allocate_room(key, bytes.len() as u64, 0, true, None)?
+            self.allocate_room(key, bytes.len() as u64, 0, true, None, false)?
         else {
             panic!("intermediate {key} inserted twice (resident, being spilled or spilled: discard it first)");
         };
@@ -459,6 +462,7 @@ impl<'p> BufferManager<'p> {
         pins: u32,
         intermediate: bool,
         expected_spill: Option<SpillHandle>,
+        prefetch: bool,
     ) -> Result<Option<(PoolBox<'p>, u64)>, OocError> {
         let block_bytes = Self::block_bytes_for(len_bytes);
         let mut to_spill = Vec::new();
@@ -474,6 +478,14 @@ impl<'p> BufferManager<'p> {
                     || state.spilled.get(&key).copied() != expected_spill
                 {
                     return Ok(None);
+                }
+                if prefetch && !self.make_room_for_prefetch(&mut state, key, block_bytes) {
+                    return Err(OocError::CacheFull {
+                        key,
+                        needed_bytes: block_bytes,
+                        capacity_bytes: self.capacity_bytes,
+                        pinned_bytes: state.pinned_bytes,
+                    });
                 }
                 match self.claim_room(&mut state, key, block_bytes, true, &mut to_spill) {
                     Ok(surplus_bytes) => break surplus_bytes,
@@ -565,6 +577,36 @@ impl<'p> BufferManager<'p> {
             }
         }
         Ok(Some((block, real_bytes)))
+    }
+
+    /// Makes room for `key`, read ahead of its use, by evicting only what the
+    /// policy says is worth less than `key` (see
+    /// [`EvictionPolicy::victim_for_prefetch`]) and only clean chunks
+    /// (intermediates not yet spilled stay). Returns whether `bytes` fit.
+    fn make_room_for_prefetch(&self, state: &mut State<'p>, key: ChunkKey, bytes: u64) -> bool {
+        while state.held_bytes + bytes > self.capacity_bytes {
+            let State {
+                entries,
+                policy,
+                spilled,
+                ..
+            } = &mut *state;
+            let victim = policy.victim_for_prefetch(key, &mut |k| {
+                entries.get(&k).is_some_and(|e| {
+                    e.pins == 0 && e.data.is_some() && (!e.intermediate || spilled.contains_key(&k))
+                })
+            });
+            let Some(victim) = victim else {
+                return false;
+            };
+            let entry = state.entries.remove(&victim).expect("victims are resident");
+            state.held_bytes -= entry.block_bytes;
+            state.stats.evictions += 1;
+            if entry.prefetched {
+                state.stats.prefetch_wasted += 1;
+            }
+        }
+        true
     }
 
     /// Evicts (see [`make_room`](Self::make_room)) until `extra_bytes` more
@@ -744,10 +786,12 @@ impl<'p> BufferManager<'p> {
         let handle = (entry.pins > 0).then(|| Arc::clone(&data));
         entry.data = Some(data);
         entry.prefetched = prefetched;
-        state
-            .policy
-            .on_insert(key)
-            .unwrap_or_else(|e| panic!("policy out of step: {e}"));
+        let inserted = if prefetched {
+            state.policy.on_insert_ahead(key)
+        } else {
+            state.policy.on_insert(key)
+        };
+        inserted.unwrap_or_else(|e| panic!("policy out of step: {e}"));
         drop(state);
         self.loaded.notify_all();
         handle
@@ -756,18 +800,14 @@ impl<'p> BufferManager<'p> {
     /// Loads `key` from the spill target or its source, with `pins` pins
     /// (0: a prefetch); `None` if another thread registered it first. The
     /// handle is there only when `pins > 0` (see [`Self::publish`]).
-    fn load(
-        &self,
-        key: ChunkKey,
-        pins: u32,
-    ) -> Result<Option<(Option<Arc<PoolBox<'p>>>, usize)>, OocError> {
+    fn load(&self, key: ChunkKey, pins: u32) -> Result<Option<Loaded<'p>>, OocError> {
         let spilled = self.lock().spilled.get(&key).copied();
         let len_bytes = match spilled {
             Some(handle) => handle.bytes,
             None => self.loader.chunk_bytes(key)?,
         };
         let Some((mut block, block_bytes)) =
-            self.allocate_room(key, len_bytes, pins, spilled.is_some(), spilled)?
+            self.allocate_room(key, len_bytes, pins, spilled.is_some(), spilled, pins == 0)?
         else {
             return Ok(None);
         };
