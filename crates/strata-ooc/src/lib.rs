@@ -48,6 +48,7 @@ pub mod map;
 pub mod pack;
 pub mod plan;
 pub mod policy;
+pub mod readahead;
 pub mod reduce;
 pub mod spill;
 pub mod spill_array;
