@@ -619,77 +619,91 @@ fn a_sequential_scan_without_a_schedule_stalls_far_less() {
     assert_eq!(stats_off.misses, chunk_count);
     drop(manager);
 
-    // On: the reader stalls on the chunks before the stream is confirmed.
-    // Its "compute" on chunk k lasts until the read-ahead loaded k + 1
-    // (when read-ahead has started), so the counts are exact.
-    let loader = ScanLoader::new(chunk_count);
-    let on = budget(capacity_bytes);
-    let manager = BufferManager::new(
-        &pool,
-        &on.reservation,
-        &loader,
-        None,
-        PolicyKind::Lru.build(&[]),
-        capacity_bytes,
-    );
-    let report: ReadAheadReport = std::thread::scope(|scope| {
-        let mut reader = ReadAheadManager::start(scope, &manager, &loader, limit_bytes);
-        for key in 0..chunk_count {
-            let pinned = reader.pin(ChunkKey(key)).expect("pin");
-            check_chunk(key, pinned.bytes());
-            let next = key + 1;
-            if next >= u64::from(CONFIRM_ACCESSES) && next < chunk_count {
-                let deadline = Instant::now() + READ_AHEAD_WAIT;
-                // Loaded and published (counted by the manager).
-                while (loader.loads_of(next) == 0
-                    || manager.stats().prefetches < loader.other_loads.load(Ordering::Acquire))
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_micros(50));
+    // On, with every policy (read-ahead chunks must not be the first
+    // evicted: SIEVE and S3-FIFO insert them as accessed once, and the
+    // access they were read for adds nothing): the reader stalls
+    // only on the chunks before the stream is confirmed.
+    for policy in PolicyKind::ALL {
+        // On: the reader stalls on the chunks before the stream is confirmed.
+        // Its "compute" on chunk k lasts until the read-ahead loaded k + 1
+        // (when read-ahead has started), so the counts are exact.
+        let loader = ScanLoader::new(chunk_count);
+        let on = budget(capacity_bytes);
+        let manager = BufferManager::new(
+            &pool,
+            &on.reservation,
+            &loader,
+            None,
+            policy.build(&[]),
+            capacity_bytes,
+        );
+        let report: ReadAheadReport = std::thread::scope(|scope| {
+            let mut reader = ReadAheadManager::start(scope, &manager, &loader, limit_bytes);
+            for key in 0..chunk_count {
+                let pinned = reader.pin(ChunkKey(key)).expect("pin");
+                check_chunk(key, pinned.bytes());
+                let next = key + 1;
+                if next >= u64::from(CONFIRM_ACCESSES) && next < chunk_count {
+                    let deadline = Instant::now() + READ_AHEAD_WAIT;
+                    // Loaded and published (counted by the manager).
+                    while (loader.loads_of(next) == 0
+                        || manager.stats().prefetches < loader.other_loads.load(Ordering::Acquire))
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
                 }
+                reader.check_invariants();
             }
-            reader.check_invariants();
+            reader.finish()
+        });
+        manager.check_invariants();
+        let stats = manager.stats();
+        let confirm = u64::from(CONFIRM_ACCESSES);
+        let reader_loads = loader.reader_loads.load(Ordering::Relaxed);
+        assert_eq!(
+            reader_loads, confirm,
+            "{policy:?}: loads on the reader's thread with read-ahead ({report:?})"
+        );
+        assert_eq!(
+            loader.other_loads.load(Ordering::Relaxed),
+            chunk_count - confirm
+        );
+        assert_eq!(
+            stats.misses, confirm,
+            "{policy:?}: stalls on: {stats:?}, off: {stats_off:?}"
+        );
+        assert_eq!(report.pins, chunk_count);
+        assert_eq!(report.pins_stalled, confirm, "{report:?}");
+        assert_eq!(report.pins_read_ahead, chunk_count - confirm, "{report:?}");
+        assert_eq!(report.loaded, chunk_count - confirm, "{report:?}");
+        assert_eq!(
+            (report.wasted, report.unused),
+            (0, 0),
+            "{policy:?}: {report:?}"
+        );
+        assert_eq!(
+            report.detector.window_max_chunks,
+            (limit_bytes / block).min(WINDOW_MAX_CHUNKS),
+            "{report:?}"
+        );
+        // Every chunk read exactly once; nothing past the end.
+        for key in 0..chunk_count {
+            assert_eq!(
+                loader.loads_of(key),
+                1,
+                "{policy:?}: chunk {key} ({report:?})"
+            );
         }
-        reader.finish()
-    });
-    manager.check_invariants();
-    let stats = manager.stats();
-    let confirm = u64::from(CONFIRM_ACCESSES);
-    let reader_loads = loader.reader_loads.load(Ordering::Relaxed);
-    assert_eq!(
-        reader_loads, confirm,
-        "loads on the reader's thread with read-ahead ({report:?})"
-    );
-    assert_eq!(
-        loader.other_loads.load(Ordering::Relaxed),
-        chunk_count - confirm
-    );
-    assert_eq!(
-        stats.misses, confirm,
-        "stalls on: {stats:?}, off: {stats_off:?}"
-    );
-    assert_eq!(report.pins, chunk_count);
-    assert_eq!(report.pins_stalled, confirm, "{report:?}");
-    assert_eq!(report.pins_read_ahead, chunk_count - confirm, "{report:?}");
-    assert_eq!(report.loaded, chunk_count - confirm, "{report:?}");
-    assert_eq!((report.wasted, report.unused), (0, 0), "{report:?}");
-    assert_eq!(
-        report.detector.window_max_chunks,
-        (limit_bytes / block).min(WINDOW_MAX_CHUNKS),
-        "{report:?}"
-    );
-    // Every chunk read exactly once; nothing past the end.
-    for key in 0..chunk_count {
-        assert_eq!(loader.loads_of(key), 1, "chunk {key} ({report:?})");
+        assert_eq!(stats.source_read_bytes, chunk_count * CHUNK_BYTES as u64);
+        assert_eq!(stats.source_read_bytes, stats_off.source_read_bytes);
+        assert!(stats.peak_held_bytes <= capacity_bytes, "{stats:?}");
+        let peak = on.tracked.peak_bytes();
+        assert!(
+            peak <= capacity_bytes,
+            "budget peak {peak} > capacity {capacity_bytes}"
+        );
     }
-    assert_eq!(stats.source_read_bytes, chunk_count * CHUNK_BYTES as u64);
-    assert_eq!(stats.source_read_bytes, stats_off.source_read_bytes);
-    assert!(stats.peak_held_bytes <= capacity_bytes, "{stats:?}");
-    let peak = on.tracked.peak_bytes();
-    assert!(
-        peak <= capacity_bytes,
-        "budget peak {peak} > capacity {capacity_bytes}"
-    );
 }
 
 #[test]

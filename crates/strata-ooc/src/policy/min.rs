@@ -281,19 +281,24 @@ impl EvictionPolicy for MinPolicy {
             Some(&next) => {
                 self.by_next_use.insert((next, key));
             }
-            None => self.fallback_do(key, |fallback, key| fallback.on_insert(key)),
+            None => self.fallback_do(key, |fallback, key| fallback.on_insert_ahead(key)),
         }
         Ok(())
     }
 
     /// Keys with no scheduled use left first (the fallback's choice), then
     /// the key used farthest away, but only if that is after `incoming`'s
-    /// next use; `None` when `incoming` has no scheduled use.
+    /// next use; `None` when `incoming` has no scheduled use. Past the
+    /// schedule (or without one), the fallback's answer.
     fn victim_for_prefetch(
         &mut self,
         incoming: ChunkKey,
         evictable: &mut dyn FnMut(ChunkKey) -> bool,
     ) -> Option<ChunkKey> {
+        // Past the schedule (or without one) MIN is its fallback.
+        if self.position >= self.schedule.len() {
+            return self.fallback.victim_for_prefetch(incoming, evictable);
+        }
         let incoming_next = *self.upcoming.get(&incoming)?;
         if let Some(key) = self.fallback.victim(evictable) {
             return Some(key);

@@ -68,6 +68,9 @@ pub struct S3FifoPolicy {
     /// its key's in `ghost` is stale.
     ghost_order: VecDeque<(ChunkKey, u64)>,
     ghost_sequence: u64,
+    /// Resident keys read ahead and not accessed since: they entered with
+    /// one access counted, and their first real access adds none.
+    ahead: HashSet<ChunkKey>,
 }
 
 impl S3FifoPolicy {
@@ -127,6 +130,7 @@ impl S3FifoPolicy {
         list.unlink(slab, node);
         slab.release(node);
         self.index.remove(&key);
+        self.ahead.remove(&key);
         key
     }
 
@@ -244,8 +248,27 @@ impl EvictionPolicy for S3FifoPolicy {
         let Some(&node) = self.index.get(&key) else {
             return Err(self.not_resident(key));
         };
+        if self.ahead.remove(&key) {
+            // Counted when it was read ahead.
+            return Ok(());
+        }
         let entry = self.slab.get_mut(node);
         entry.count = (entry.count + 1).min(S3FIFO_FREQ_MAX);
+        Ok(())
+    }
+
+    /// Inserted with one access counted, the access it is read ahead for: a
+    /// chunk read ahead has its use still to come, and with none it would
+    /// leave the small queue for the ghost before that use (read-ahead would
+    /// then evict itself); with one it moves to the main queue instead. Its
+    /// first real access then counts nothing more, so it ranks as a chunk
+    /// accessed once.
+    fn on_insert_ahead(&mut self, key: ChunkKey) -> Result<(), PolicyError> {
+        self.on_insert(key)?;
+        let node = self.index[&key];
+        let entry = self.slab.get_mut(node);
+        entry.count = entry.count.max(1);
+        self.ahead.insert(key);
         Ok(())
     }
 
@@ -285,6 +308,12 @@ impl EvictionPolicy for S3FifoPolicy {
     }
 
     fn check_invariants(&self) {
+        for key in &self.ahead {
+            assert!(
+                self.index.contains_key(key),
+                "{NAME}: read-ahead key {key} is not resident"
+            );
+        }
         let mut linked = HashSet::with_capacity(self.index.len());
         for (queue, list, label) in [(SMALL, &self.small, "small"), (MAIN, &self.main, "main")] {
             for node in list.check(&self.slab, NAME) {

@@ -98,6 +98,16 @@ impl EvictionPolicy for SievePolicy {
         Ok(())
     }
 
+    /// Inserted visited: a chunk read ahead has its use still to come, and
+    /// unvisited it would be the hand's first choice, ahead of chunks
+    /// already used (read-ahead would then evict itself).
+    fn on_insert_ahead(&mut self, key: ChunkKey) -> Result<(), PolicyError> {
+        self.on_insert(key)?;
+        let node = self.index[&key];
+        self.slab.get_mut(node).count = 1;
+        Ok(())
+    }
+
     fn on_remove(&mut self, key: ChunkKey) -> Result<(), PolicyError> {
         let Some(node) = self.index.remove(&key) else {
             return Err(self.not_resident(key));
