@@ -12,6 +12,7 @@ use strata_bench::{BenchOptions, BenchResult, SuiteReport};
 use strata_pool::TrackingAllocator;
 
 mod disk;
+mod ooc;
 mod stats;
 
 /// Every heap allocation of the program, counted: the `pool` suite reads
@@ -50,12 +51,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the end-to-end demo on generated data, with no setup.
-    Demo {
-        /// Print the report as JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    /// The main job on generated data, with no setup: two arrays 8x the
+    /// budget in a temporary Zarr store, a matmul and a chained einsum,
+    /// results checked against direct dot products, and the summary.
+    Demo(ooc::DemoArgs),
+    /// Generate an array (Zarr v3 directory, or `.npy` file).
+    Create(ooc::CreateArgs),
+    /// Show an array's shape, chunks, dtype, codecs and size on disk.
+    Info(ooc::InfoArgs),
+    /// C = A @ B out of core, within `--memory`.
+    Matmul(ooc::MatmulArgs),
+    /// A two-operand einsum out of core, within `--memory`.
+    Einsum(ooc::EinsumArgs),
+    /// A reduction (sum, mean, min, max) along axes, within `--memory`.
+    Reduce(ooc::ReduceArgs),
+    /// An elementwise operation of same-shaped arrays, within `--memory`.
+    Map(ooc::MapArgs),
     /// Print this process's memory figures: the heap as the tracking
     /// allocator counts it, RSS, system and cgroup memory, the pressure
     /// level; with `--demo-workload`, also a pool after a short workload.
@@ -75,10 +86,6 @@ enum Command {
     },
 }
 
-/// Shown by `strata demo` until the out-of-core engine exists.
-const DEMO_PLACEHOLDER: &str = "strata demo: the out-of-core engine has not landed yet; \
-                                running the bitmap benchmark in quick mode";
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -88,21 +95,13 @@ fn main() -> ExitCode {
             smoke,
             json,
         } => bench(&suite, BenchMode { quick, smoke }, json),
-        Command::Demo { json } => {
-            eprintln!("{DEMO_PLACEHOLDER}");
-            bench(
-                "bitmap",
-                BenchMode {
-                    quick: true,
-                    smoke: false,
-                },
-                json,
-            )
-            .and_then(|()| {
-                eprintln!("strata demo: a pool workload under a 256 MiB fair budget");
-                print_stats(true, json)
-            })
-        }
+        Command::Demo(args) => ooc::demo(&args),
+        Command::Create(args) => ooc::create(&args),
+        Command::Info(args) => ooc::info(&args),
+        Command::Matmul(args) => ooc::matmul(&args),
+        Command::Einsum(args) => ooc::einsum(&args),
+        Command::Reduce(args) => ooc::reduce(&args),
+        Command::Map(args) => ooc::map(&args),
         Command::Stats {
             demo_workload,
             json,

@@ -6,8 +6,10 @@
 //! chunk was loaded), does the same for B, and multiplies the packed tiles
 //! into the output tile's accumulator with the GEMM kernel, one batch index
 //! at a time. When an output tile's last step is done the accumulator is
-//! reordered to the output's axes, converted to its stored type and written
-//! as one output chunk (output chunks are the output tiles).
+//! reordered to the output's axes and written as whole output chunks, each
+//! converted to the stored type (output chunks are as long as the inputs'
+//! chunks along each label, or the tile where that is shorter, so a
+//! chained job can read the result with the memory its inputs needed).
 //!
 //! A prefetch thread walks the same access sequence ahead of the compute
 //! thread and loads chunks into the [`BufferManager`] within a share of its
@@ -35,7 +37,7 @@ use crate::bufmgr::{
 };
 use crate::einsum::{Contraction, EinsumSpec, LabelRole};
 use crate::pack::{pack_chunk, permute, LabeledBlock};
-use crate::plan::{plan_contraction, OperandChunks, PlanRequest, Step, TilePlan};
+use crate::plan::{plan_contraction, LabelTile, OperandChunks, PlanRequest, Step, TilePlan};
 use crate::policy::{ChunkKey, EvictionPolicy, LruPolicy, MinPolicy, S3FifoPolicy, SievePolicy};
 
 /// Bits of a [`ChunkKey`] below the operand id: the chunk's linear index.
@@ -344,7 +346,12 @@ impl<'a> ContractionJob<'a> {
         let chunk_shape = spec
             .output
             .iter()
-            .map(|&l| self.plan.tile(l).expect("output labels have tiles").tile)
+            .map(|&l| {
+                self.plan
+                    .tile(l)
+                    .expect("output labels have tiles")
+                    .output_chunk()
+            })
             .collect();
         ArrayMeta::new(
             self.contraction.output_shape(),
@@ -690,8 +697,9 @@ impl<'a> ContractionJob<'a> {
         }
     }
 
-    /// Reorders the finished accumulator to the output's axes, converts it
-    /// to the stored type and writes it as one chunk. Returns the bytes.
+    /// Reorders the finished accumulator to the output's axes, then writes
+    /// it as output chunks (each converted to the stored type). Returns the
+    /// bytes written.
     fn write_tile<T: GemmElement>(
         &self,
         step: &Step,
@@ -707,10 +715,9 @@ impl<'a> ContractionJob<'a> {
             r.end - r.start
         };
         let compute_bytes = elements * std::mem::size_of::<T>();
-        let stored_bytes = elements * self.output_dtype.size_bytes();
         let staging = staging.as_bytes_mut();
         let (ordered_bytes, rest) = staging.split_at_mut(compute_bytes);
-        let encoded = &mut rest[..stored_bytes];
+        let (chunk_bytes, encoded_bytes) = rest.split_at_mut(compute_bytes);
         let acc: &[T] = bytemuck::cast_slice(&accumulator.as_bytes_mut()[..compute_bytes]);
         let ordered: &[T] = if acc_labels == spec.output {
             acc
@@ -719,25 +726,59 @@ impl<'a> ContractionJob<'a> {
             permute(acc, &acc_labels, ordered, &spec.output, extent_of);
             ordered
         };
-        encode_elements(self.output_dtype, ordered, encoded);
-        let grid: Vec<u64> = spec
+        let tile_block = LabeledBlock {
+            labels: &spec.output,
+            ranges: self.tile_ranges(step, &spec.output),
+        };
+        let tiles: Vec<LabelTile> = spec
             .output
             .iter()
-            .map(|&label| {
-                let position = self
-                    .plan
-                    .tiles
-                    .iter()
-                    .position(|t| t.label == label)
-                    .expect("bound");
-                step.tile_index[position]
-            })
+            .map(|&l| self.plan.tile(l).expect("bound"))
             .collect();
-        out.write_chunk(&grid, encoded)
-            .map_err(|e| OocError::Sink {
-                detail: e.to_string(),
-            })?;
-        Ok(stored_bytes as u64)
+        // Chunk grid ranges of the tile along each output axis.
+        let grid_ranges: Vec<std::ops::Range<u64>> = tile_block
+            .ranges
+            .iter()
+            .zip(&tiles)
+            .map(|(r, t)| r.start / t.output_chunk()..r.end.div_ceil(t.output_chunk()))
+            .collect();
+        let mut grid: Vec<u64> = grid_ranges.iter().map(|r| r.start).collect();
+        let mut written_bytes = 0u64;
+        loop {
+            let chunk_block = LabeledBlock {
+                labels: &spec.output,
+                ranges: grid
+                    .iter()
+                    .zip(&tiles)
+                    .map(|(&g, t)| g * t.output_chunk()..((g + 1) * t.output_chunk()).min(t.len))
+                    .collect(),
+            };
+            let chunk_elements = chunk_block.shape().iter().product::<u64>() as usize;
+            let chunk: &mut [T] =
+                &mut bytemuck::cast_slice_mut(&mut chunk_bytes[..])[..chunk_elements];
+            pack_chunk(ordered, &tile_block, chunk, &chunk_block);
+            let stored = chunk_elements * self.output_dtype.size_bytes();
+            let encoded = &mut encoded_bytes[..stored];
+            encode_elements(self.output_dtype, chunk, encoded);
+            out.write_chunk(&grid, encoded)
+                .map_err(|e| OocError::Sink {
+                    detail: e.to_string(),
+                })?;
+            written_bytes += stored as u64;
+            // Next chunk of the tile, C order.
+            let mut axis = grid.len();
+            loop {
+                if axis == 0 {
+                    return Ok(written_bytes);
+                }
+                axis -= 1;
+                grid[axis] += 1;
+                if grid[axis] < grid_ranges[axis].end {
+                    break;
+                }
+                grid[axis] = grid_ranges[axis].start;
+            }
+        }
     }
 }
 

@@ -42,6 +42,18 @@ pub enum OocError {
         /// What went wrong.
         detail: String,
     },
+    /// The disk tier has no room for a spilled chunk (its cap is reached,
+    /// or no run of free blocks is long enough).
+    SpillFull {
+        /// The chunk being spilled.
+        key: ChunkKey,
+        /// Bytes the record needs on disk (whole blocks).
+        asked_bytes: u64,
+        /// Bytes the disk tier has left (under its cap, or free blocks).
+        left_bytes: u64,
+        /// The disk tier's cap in bytes.
+        cap_bytes: u64,
+    },
     /// An intermediate was asked for that was never written.
     UnknownChunk {
         /// The chunk.
@@ -69,13 +81,23 @@ impl fmt::Display for OocError {
                 pinned_bytes,
             } => write!(
                 f,
-                "chunk cache full: chunk {key} needs {needed_bytes} bytes but {pinned_bytes} of the cache's {capacity_bytes} bytes are pinned or loading"
+                "chunk cache full: {key} needs {needed_bytes} bytes but {pinned_bytes} of the cache's {capacity_bytes} bytes are pinned or loading"
             ),
-            OocError::Pool { key, source } => write!(f, "buffer for chunk {key}: {source}"),
-            OocError::Source { key, detail } => write!(f, "reading chunk {key}: {detail}"),
-            OocError::Spill { key, detail } => write!(f, "spilling chunk {key}: {detail}"),
+            OocError::Pool { key, source } => write!(f, "buffer for {key}: {source}"),
+            OocError::Source { key, detail } => write!(f, "reading {key}: {detail}"),
+            OocError::Spill { key, detail } => write!(f, "spill of {key}: {detail}"),
+            OocError::SpillFull {
+                key,
+                asked_bytes,
+                left_bytes,
+                cap_bytes,
+            } => write!(
+                f,
+                "disk tier full spilling {key}: asked for {asked_bytes} bytes, {left_bytes} bytes \
+                 left of its {cap_bytes}-byte cap"
+            ),
             OocError::UnknownChunk { key } => {
-                write!(f, "chunk {key} is neither resident, spilled, nor readable from a source")
+                write!(f, "{key} is neither resident, spilled, nor readable from a source")
             }
             OocError::Plan { detail } => write!(f, "cannot plan the job: {detail}"),
             OocError::Sink { detail } => write!(f, "writing the result: {detail}"),

@@ -17,6 +17,10 @@
 //!   Belady reference; [`policy::trace`]: deterministic synthetic traces
 //!   (loops, scans, Zipf, blocked matmul tiles).
 //!
+//! Streaming jobs under the same budget: [`reduce`] (sum, mean, min, max
+//! along any axes, compensated sums) and [`map`] (elementwise arithmetic of
+//! one to three arrays), sharing the planner and read-ahead of [`stream`].
+//!
 //! Policy code does no I/O and starts no threads, so it is tested
 //! exhaustively against naive models. No `unsafe` code.
 //!
@@ -35,10 +39,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod bufmgr;
 pub mod contract;
 pub mod einsum;
 pub mod error;
+pub mod map;
 pub mod pack;
 pub mod plan;
 pub mod policy;
+pub mod readahead;
+pub mod reduce;
+pub mod spill;
+pub mod spill_array;
+pub mod stream;

@@ -144,7 +144,7 @@ impl fmt::Display for PlanError {
                 needed_bytes,
             } => write!(
                 f,
-                "memory budget of {budget_bytes} bytes is too small for this job: its smallest working set needs {needed_bytes} bytes (pass --memory {needed_bytes} or more)"
+                "memory budget of {budget_bytes} bytes is too small for this job: its smallest working set needs {needed_bytes} bytes"
             ),
         }
     }
@@ -162,7 +162,8 @@ pub struct MemoryPlan {
     /// The packed B tile.
     pub packed_b_bytes: u64,
     /// Staging of a finished output tile: reordered to the output's axes
-    /// (compute type) and converted to its stored type.
+    /// (compute type), then written chunk by chunk (each copied out and
+    /// converted to the stored type).
     pub staging_bytes: u64,
     /// When an input is stored in another type than the compute type: one
     /// stored chunk per loading thread to convert from.
@@ -198,12 +199,23 @@ pub struct LabelTile {
     pub len: u64,
     /// Elements per tile (the last tile may be shorter).
     pub tile: u64,
+    /// The label's quantum: the least common multiple of the inputs' chunk
+    /// lengths along it (or the longest, when that multiple exceeds the
+    /// label). Tiles at least this long are whole multiples of it.
+    pub quantum: u64,
 }
 
 impl LabelTile {
     /// Tiles along the label.
     pub fn count(&self) -> u64 {
         self.len.div_ceil(self.tile)
+    }
+
+    /// Chunk length of the output along the label: the quantum, or the
+    /// tile when shorter. Divides every tile but a label's last one, so an
+    /// output tile is written as whole chunks, the size of the inputs'.
+    pub fn output_chunk(&self) -> u64 {
+        self.quantum.min(self.tile)
     }
 
     /// The element range of tile `index`.
@@ -401,6 +413,7 @@ pub fn plan_contraction(request: &PlanRequest<'_>) -> Result<TilePlan, PlanError
             label: info.label,
             role: info.role,
             len: info.len,
+            quantum: q,
             tile: match info.role {
                 LabelRole::FreeA | LabelRole::FreeB => info.len,
                 LabelRole::Contracted => round_up(CONTRACTED_TILE_TARGET.max(q), q).min(info.len),
@@ -525,8 +538,10 @@ impl<'a> CostModel<'a> {
         // or page-rounded length), which is what the budget is charged.
         MemoryPlan {
             accumulator_bytes: pool_block_bytes(output_elements.saturating_mul(bytes)),
+            // The tile reordered to the output's axes, one output chunk of
+            // it, and that chunk in the stored type.
             staging_bytes: pool_block_bytes(
-                output_elements.saturating_mul(bytes + self.request.output_element_bytes),
+                output_elements.saturating_mul(2 * bytes + self.request.output_element_bytes),
             ),
             conversion_bytes: if conversion_bytes == 0 {
                 0

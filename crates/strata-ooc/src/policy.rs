@@ -85,6 +85,27 @@ pub trait EvictionPolicy: Send + fmt::Debug {
     /// key it refuses (pinned) is never returned.
     fn victim(&mut self, evictable: &mut dyn FnMut(ChunkKey) -> bool) -> Option<ChunkKey>;
 
+    /// `key` became resident ahead of its use (read ahead by a prefetcher):
+    /// no access happened yet, so a policy that follows a schedule must not
+    /// count one. Online policies treat it as an insert (the default).
+    fn on_insert_ahead(&mut self, key: ChunkKey) -> Result<(), PolicyError> {
+        self.on_insert(key)
+    }
+
+    /// Like [`victim`](Self::victim), to make room for `incoming`, which is
+    /// being read ahead of its use: a policy that knows the future refuses
+    /// (`None`) when every candidate is needed before `incoming`, since
+    /// evicting it would cost a read to save one. Online policies cannot
+    /// tell and take their usual victim (the default).
+    fn victim_for_prefetch(
+        &mut self,
+        incoming: ChunkKey,
+        evictable: &mut dyn FnMut(ChunkKey) -> bool,
+    ) -> Option<ChunkKey> {
+        let _ = incoming;
+        self.victim(evictable)
+    }
+
     /// Whether `key` is resident.
     fn contains(&self, key: ChunkKey) -> bool;
 

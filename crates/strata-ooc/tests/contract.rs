@@ -379,3 +379,28 @@ fn failing_source_chunk_leaves_the_destination_incomplete() {
     assert!(!out.is_complete());
     assert_eq!(engine.budget().reserved(), 0);
 }
+
+#[test]
+fn large_chunks_at_tight_budgets_stay_within_the_budget() {
+    let spec = EinsumSpec::matmul();
+    let n = 1024u64;
+    let mut rng = SmallRng::seed_from_u64(7);
+    let values = random_values(&mut rng, DataType::F32, (n * n) as usize);
+    let a = mem_array("A", &[n, n], &[256, 256], DataType::F32, &values);
+    let b = mem_array("B", &[n, n], &[256, 256], DataType::F32, &values);
+    for budget_bytes in [2u64 << 20, 3 << 20, 4 << 20, 6 << 20] {
+        let job = ContractionJob::new(&spec, &a, &b, DataType::F32, budget_bytes).unwrap();
+        let out = MemArray::zeroed("C", job.output_meta());
+        let engine = Engine::new(budget_bytes).unwrap();
+        let config = RunConfig {
+            budget_bytes,
+            policy: PolicyKind::Min,
+            prefetch: true,
+            gemm_threads: 2,
+        };
+        let report = job
+            .run(&engine, &out, &config, &mut |_| {})
+            .unwrap_or_else(|e| panic!("budget {budget_bytes}: {e}\nplan {:?}", job.plan()));
+        assert!(report.peak_reserved_bytes <= budget_bytes);
+    }
+}

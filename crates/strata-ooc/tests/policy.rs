@@ -1074,3 +1074,57 @@ fn simulator_refuses_bad_setups() {
         })
     );
 }
+
+#[test]
+fn min_evicts_for_a_prefetch_only_what_is_needed_after_it() {
+    use strata_ooc::policy::{ChunkKey, EvictionPolicy, LruPolicy, MinPolicy};
+    let k = ChunkKey;
+    // 1 and 2 are used again before 3: reading 3 ahead must evict nothing.
+    let mut min = MinPolicy::new(Box::new(LruPolicy::new()));
+    min.set_schedule(&[k(1), k(2), k(1), k(2), k(3)]);
+    min.on_insert(k(1)).unwrap();
+    min.on_insert(k(2)).unwrap();
+    assert_eq!(min.victim_for_prefetch(k(3), &mut |_| true), None);
+    // A key with no scheduled use is never worth a prefetch.
+    assert_eq!(min.victim_for_prefetch(k(9), &mut |_| true), None);
+    min.check_invariants();
+
+    // Here 2 is next used after 3: it may go for 3, and 1 (needed first)
+    // stays; pinned keys are skipped.
+    let mut min = MinPolicy::new(Box::new(LruPolicy::new()));
+    min.set_schedule(&[k(1), k(2), k(1), k(3), k(2)]);
+    min.on_insert(k(1)).unwrap();
+    min.on_insert(k(2)).unwrap();
+    assert_eq!(min.victim_for_prefetch(k(3), &mut |key| key != k(2)), None);
+    assert_eq!(min.victim_for_prefetch(k(3), &mut |_| true), Some(k(2)));
+    assert!(min.contains(k(1)) && !min.contains(k(2)));
+    min.check_invariants();
+
+    // Online policies cannot tell: their usual victim.
+    let mut lru = LruPolicy::new();
+    lru.on_insert(k(1)).unwrap();
+    lru.on_insert(k(2)).unwrap();
+    assert_eq!(lru.victim_for_prefetch(k(3), &mut |_| true), Some(k(1)));
+}
+
+#[test]
+fn min_counts_no_access_for_a_chunk_read_ahead() {
+    use strata_ooc::policy::{ChunkKey, EvictionPolicy, LruPolicy, MinPolicy};
+    let k = ChunkKey;
+    let mut min = MinPolicy::new(Box::new(LruPolicy::new()));
+    min.set_schedule(&[k(1), k(2), k(3)]);
+    min.on_insert(k(1)).unwrap();
+    // 2 and 3 read ahead: still to be used, so nothing is "dead" yet.
+    min.on_insert_ahead(k(2)).unwrap();
+    min.on_insert_ahead(k(3)).unwrap();
+    assert_eq!(min.schedule_position(), 1);
+    assert_eq!(min.next_use(k(2)), Some(1));
+    // 1 is used up (dead): it goes first, then the farthest, 3.
+    assert_eq!(min.victim(&mut |_| true), Some(k(1)));
+    assert_eq!(min.victim(&mut |_| true), Some(k(3)));
+    // The read-ahead chunk's use is counted when it happens.
+    min.on_hit(k(2)).unwrap();
+    assert_eq!(min.schedule_position(), 2);
+    assert!(min.on_insert_ahead(k(2)).is_err(), "already resident");
+    min.check_invariants();
+}

@@ -524,6 +524,26 @@ pub fn read_process_memory() -> Result<ProcessMemory, SysMemError> {
     }
 }
 
+/// Where Linux resets a process's peak RSS (`VmHWM`) when "5" is written.
+pub const CLEAR_REFS_PATH: &str = "/proc/self/clear_refs";
+
+/// Resets this process's peak RSS (`VmHWM`) to its current RSS, so a later
+/// [`read_process_memory`] gives the peak of what ran in between (Linux 4.0
+/// and later). Errors say why it could not (not Linux, or the write was
+/// refused); the caller should then not report a peak for the interval.
+pub fn reset_peak_rss() -> Result<(), SysMemError> {
+    if !cfg!(target_os = "linux") {
+        return Err(SysMemError::Unsupported {
+            what: CLEAR_REFS_PATH,
+        });
+    }
+    std::fs::write(CLEAR_REFS_PATH, "5").map_err(|error| SysMemError::Io {
+        path: PathBuf::from(CLEAR_REFS_PATH),
+        kind: error.kind(),
+        message: error.to_string(),
+    })
+}
+
 /// The cgroup v2 memory figures of this process: its own cgroup's, or
 /// those of the ancestor whose limit is closest to being reached.
 /// `Ok(None)` when there is no cgroup v2 (cgroup v1 is not read) or no

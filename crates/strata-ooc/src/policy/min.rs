@@ -267,6 +267,47 @@ impl EvictionPolicy for MinPolicy {
         Some(key)
     }
 
+    /// Resident without an access: the schedule position stays (the key's
+    /// scheduled use is still to come, and is counted when it happens).
+    fn on_insert_ahead(&mut self, key: ChunkKey) -> Result<(), PolicyError> {
+        if self.contains(key) {
+            return Err(PolicyError::AlreadyResident {
+                key,
+                policy: NAME,
+                resident_entries: self.len(),
+            });
+        }
+        match self.upcoming.get(&key) {
+            Some(&next) => {
+                self.by_next_use.insert((next, key));
+            }
+            None => self.fallback_do(key, |fallback, key| fallback.on_insert(key)),
+        }
+        Ok(())
+    }
+
+    /// Keys with no scheduled use left first (the fallback's choice), then
+    /// the key used farthest away, but only if that is after `incoming`'s
+    /// next use; `None` when `incoming` has no scheduled use.
+    fn victim_for_prefetch(
+        &mut self,
+        incoming: ChunkKey,
+        evictable: &mut dyn FnMut(ChunkKey) -> bool,
+    ) -> Option<ChunkKey> {
+        let incoming_next = *self.upcoming.get(&incoming)?;
+        if let Some(key) = self.fallback.victim(evictable) {
+            return Some(key);
+        }
+        let &(next, key) = self
+            .by_next_use
+            .iter()
+            .rev()
+            .take_while(|&&(next, _)| next > incoming_next)
+            .find(|&&(_, key)| evictable(key))?;
+        self.by_next_use.remove(&(next, key));
+        Some(key)
+    }
+
     fn contains(&self, key: ChunkKey) -> bool {
         match self.upcoming.get(&key) {
             Some(&next) => self.by_next_use.contains(&(next, key)),
