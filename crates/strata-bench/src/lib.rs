@@ -22,8 +22,10 @@
 //!   baseline (for the 2-thread row, the scaling factor over 1 thread);
 //! - data throughput rows (`unit == "MB/s"`, metric `throughput`): higher
 //!   is better, like operation throughputs;
-//! - cost rows (`unit` `"ms"`, `"B/alloc"`, `"B/sample"` or `"x"`): lower is
-//!   better, like latencies.
+//! - compute throughput rows (`unit == "GFLOP/s"`) and cache hit ratio rows
+//!   (`unit == "hits/access"`): higher is better;
+//! - cost rows (`unit` `"ms"`, `"B/alloc"`, `"B/sample"`, `"MiB"` or `"x"`):
+//!   lower is better, like latencies.
 
 use std::fmt;
 
@@ -34,13 +36,14 @@ pub mod churn;
 mod disk_suite;
 mod flat;
 mod held;
+mod ooc_suite;
 mod pool_suite;
 pub mod stats;
 
 pub use flat::{FlatBitmap, FlatError};
 
 /// Names of the suites [`run_suite`] knows, in the order they are listed.
-pub const SUITES: &[&str] = &["bitmap", "pool", "disk"];
+pub const SUITES: &[&str] = &["bitmap", "pool", "disk", "ooc"];
 
 /// Metric name of a median latency row.
 pub const METRIC_MEDIAN: &str = "median";
@@ -72,6 +75,12 @@ pub const UNIT_RATIO: &str = "x";
 pub const UNIT_SAMPLES: &str = "samples";
 /// Unit of data throughput rows: megabytes (10^6 bytes) per second.
 pub const UNIT_MB_PER_S: &str = "MB/s";
+/// Unit of compute throughput rows: 10^9 floating-point operations per second.
+pub const UNIT_GFLOP_PER_S: &str = "GFLOP/s";
+/// Unit of memory and data size rows: mebibytes (2^20 bytes).
+pub const UNIT_MIB: &str = "MiB";
+/// Unit of cache hit ratio rows: hits over accesses.
+pub const UNIT_HITS_PER_ACCESS: &str = "hits/access";
 
 /// One measured figure of a suite.
 ///
@@ -242,6 +251,7 @@ pub fn run_suite(
         "bitmap" => bitmap_suite::run(options, progress),
         "pool" => pool_suite::run(options, progress),
         "disk" => disk_suite::run(options, progress),
+        "ooc" => ooc_suite::run(options, progress),
         _ => Err(BenchError::UnknownSuite {
             name: name.to_owned(),
             known: SUITES,

@@ -38,7 +38,7 @@ enum Command {
     /// Run a benchmark suite; every figure is verified and compared with a
     /// baseline measured in the same run.
     Bench {
-        /// Suite to run (known: bitmap, pool, disk).
+        /// Suite to run (known: bitmap, pool, disk, ooc).
         suite: String,
         /// Fewer iterations: seconds instead of minutes, noisier figures.
         #[arg(long)]
