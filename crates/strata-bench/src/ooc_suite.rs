@@ -40,7 +40,7 @@
 //! budget); simulated hits against Belady's (no policy may beat it).
 //!
 //! Not measured here yet: reductions and elementwise maps (`strata-ooc`'s
-//! `reduce` and `map`, being written). They belong in a fourth section,
+//! `reduce` and `map`, written alongside this suite). They belong in a fourth section,
 //! `REDUCE_MAP_SECTION`, after the MIN-against-LRU rows, reusing
 //! `MatmulInputs` (A and B on disk) as their operands.
 
@@ -59,6 +59,7 @@ use strata_ooc::contract::{ContractionJob, Engine, GemmElement, PolicyKind, RunC
 use strata_ooc::einsum::EinsumSpec;
 use strata_ooc::policy::sim::{belady_hits, simulate};
 use strata_ooc::policy::ChunkKey;
+use strata_pool::sysmem::{self, ProcessMemory, CLEAR_REFS_PATH};
 
 use crate::{
     BenchError, BenchOptions, BenchResult, SuiteReport, METRIC_MEAN, METRIC_PEAK,
@@ -73,7 +74,7 @@ const SEED: u64 = 0x5354_5241_5441_0005;
 /// Where the reductions and elementwise rows go once `strata-ooc` has
 /// them; named in the report's notes until then.
 pub(crate) const REDUCE_MAP_SECTION: &str =
-    "reductions / elementwise maps (strata-ooc reduce.rs, map.rs): not measured yet";
+    "reductions / elementwise maps (strata-ooc reduce, map): not measured by this suite yet";
 
 /// Target: out-of-core GFLOP/s over in-memory GFLOP/s.
 const TARGET_GFLOPS_OVER_IN_MEMORY: f64 = 0.80;
@@ -98,8 +99,6 @@ const F32_BYTES: u64 = 4;
 const BYTES_PER_MIB: f64 = (1u64 << 20) as f64;
 /// Where the kernel's page cache is dropped (root only).
 const DROP_CACHES_PATH: &str = "/proc/sys/vm/drop_caches";
-/// Writing `5` here resets the process's peak RSS (`VmHWM`).
-const CLEAR_REFS_PATH: &str = "/proc/self/clear_refs";
 /// Where `VmHWM` and `VmRSS` are read.
 const STATUS_PATH: &str = "/proc/self/status";
 /// Side of the square matmul run once before anything is timed, so the
@@ -448,7 +447,9 @@ impl Samples {
             for (c, &j) in self.cols.iter().enumerate() {
                 let (exact, bound) = self.expected[r][c];
                 let found = f64::from(entry(i, j)?);
-                if !((found - exact).abs() <= bound) {
+                // A NaN fails too.
+                let within = (found - exact).abs() <= bound;
+                if !within {
                     return Err(BenchError::Verification {
                         bench: format!("matmul: {what}"),
                         detail: format!(
@@ -533,7 +534,7 @@ fn run_out_of_core(
     let peak_rss = reset.and_then(|start_bytes| {
         Ok(RssFigures {
             start_bytes,
-            peak_bytes: status_bytes("VmHWM")?,
+            peak_bytes: read_rss()?.peak_rss_bytes,
         })
     });
     drop(engine);
@@ -939,26 +940,13 @@ fn verdict_at_least(ratio: Option<f64>, target: f64) -> String {
 
 /// Resets the process's peak RSS to its current RSS; returns that RSS.
 fn reset_peak_rss() -> Result<u64, String> {
-    std::fs::write(CLEAR_REFS_PATH, "5")
-        .map_err(|e| format!("writing '5' to {CLEAR_REFS_PATH} failed: {e}"))?;
-    status_bytes("VmRSS")
+    sysmem::reset_peak_rss().map_err(|e| format!("resetting the peak failed: {e}"))?;
+    read_rss().map(|m| m.rss_bytes)
 }
 
-/// A `kB` field of `/proc/self/status`, in bytes.
-fn status_bytes(field: &str) -> Result<u64, String> {
-    let status = std::fs::read_to_string(STATUS_PATH)
-        .map_err(|e| format!("reading {STATUS_PATH} failed: {e}"))?;
-    parse_status_kib(&status, field)
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| format!("{STATUS_PATH} has no readable {field} line"))
-}
-
-/// The value of `field` (a line `field:   123 kB`) in `status`, in KiB.
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.trim().strip_suffix("kB")?.trim().parse().ok()
-    })
+/// `VmRSS` and `VmHWM` now.
+fn read_rss() -> Result<ProcessMemory, String> {
+    sysmem::read_process_memory().map_err(|e| format!("reading {STATUS_PATH} failed: {e}"))
 }
 
 /// A directory under [`std::env::temp_dir`], removed with its files on drop.
@@ -1100,15 +1088,6 @@ mod tests {
             "{:?}",
             report.notes
         );
-    }
-
-    #[test]
-    fn status_fields_parse_in_kib() {
-        let status = "Name:\tstrata\nVmHWM:\t   20480 kB\nVmRSS:\t    1024 kB\n";
-        assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
-        assert_eq!(parse_status_kib(status, "VmRSS"), Some(1024));
-        assert_eq!(parse_status_kib(status, "VmSwap"), None);
-        assert_eq!(parse_status_kib("VmHWM:\tlots kB\n", "VmHWM"), None);
     }
 
     #[test]
