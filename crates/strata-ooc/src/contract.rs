@@ -309,6 +309,7 @@ impl<'a> ContractionJob<'a> {
             },
             compute_element_bytes: compute_bytes,
             output_element_bytes: output_dtype.size_bytes() as u64,
+            output_is_compute_type: output_dtype == compute.dtype(),
             budget_bytes,
         };
         let plan = plan_contraction(&request).map_err(|e| OocError::Plan {
@@ -716,15 +717,16 @@ impl<'a> ContractionJob<'a> {
         };
         let compute_bytes = elements * std::mem::size_of::<T>();
         let staging = staging.as_bytes_mut();
-        let (ordered_bytes, rest) = staging.split_at_mut(compute_bytes);
-        let (chunk_bytes, encoded_bytes) = rest.split_at_mut(compute_bytes);
+        let reorder = acc_labels != spec.output;
+        let (ordered_bytes, rest) = staging.split_at_mut(if reorder { compute_bytes } else { 0 });
+        let convert = self.output_dtype != T::COMPUTE_TYPE.dtype();
         let acc: &[T] = bytemuck::cast_slice(&accumulator.as_bytes_mut()[..compute_bytes]);
-        let ordered: &[T] = if acc_labels == spec.output {
-            acc
-        } else {
+        let ordered: &[T] = if reorder {
             let ordered: &mut [T] = bytemuck::cast_slice_mut(ordered_bytes);
             permute(acc, &acc_labels, ordered, &spec.output, extent_of);
             ordered
+        } else {
+            acc
         };
         let tile_block = LabeledBlock {
             labels: &spec.output,
@@ -754,12 +756,21 @@ impl<'a> ContractionJob<'a> {
                     .collect(),
             };
             let chunk_elements = chunk_block.shape().iter().product::<u64>() as usize;
-            let chunk: &mut [T] =
-                &mut bytemuck::cast_slice_mut(&mut chunk_bytes[..])[..chunk_elements];
-            pack_chunk(ordered, &tile_block, chunk, &chunk_block);
             let stored = chunk_elements * self.output_dtype.size_bytes();
-            let encoded = &mut encoded_bytes[..stored];
-            encode_elements(self.output_dtype, chunk, encoded);
+            let chunk_compute_bytes = chunk_elements * std::mem::size_of::<T>();
+            let encoded: &[u8] = if convert {
+                let (chunk_bytes, encoded_bytes) = rest.split_at_mut(chunk_compute_bytes);
+                let chunk: &mut [T] = bytemuck::cast_slice_mut(chunk_bytes);
+                pack_chunk(ordered, &tile_block, chunk, &chunk_block);
+                let encoded = &mut encoded_bytes[..stored];
+                encode_elements(self.output_dtype, chunk, encoded);
+                encoded
+            } else {
+                // Stored as computed: copy the chunk straight into its bytes.
+                let chunk: &mut [T] = bytemuck::cast_slice_mut(&mut rest[..stored]);
+                pack_chunk(ordered, &tile_block, chunk, &chunk_block);
+                &rest[..stored]
+            };
             out.write_chunk(&grid, encoded)
                 .map_err(|e| OocError::Sink {
                     detail: e.to_string(),

@@ -43,6 +43,7 @@
 //!     b: OperandChunks { chunk_shape: vec![512, 512], element_bytes: 4 },
 //!     compute_element_bytes: 4,
 //!     output_element_bytes: 4,
+//!     output_is_compute_type: true,
 //!     budget_bytes: 32 << 20,
 //! };
 //! let plan = plan_contraction(&request).unwrap();
@@ -94,6 +95,9 @@ pub struct PlanRequest<'a> {
     pub compute_element_bytes: u64,
     /// Bytes per element of the output's stored type.
     pub output_element_bytes: u64,
+    /// Whether the output is stored in the compute type itself (no
+    /// conversion on the way out).
+    pub output_is_compute_type: bool,
     /// The memory budget for the whole job.
     pub budget_bytes: u64,
 }
@@ -161,9 +165,10 @@ pub struct MemoryPlan {
     pub packed_a_bytes: u64,
     /// The packed B tile.
     pub packed_b_bytes: u64,
-    /// Staging of a finished output tile: reordered to the output's axes
-    /// (compute type), then written chunk by chunk (each copied out and
-    /// converted to the stored type).
+    /// Staging of a finished output tile on its way out as whole output
+    /// chunks: reordered to the output's axes when the accumulator's order
+    /// differs, each chunk copied out (in the compute type when it must
+    /// then be converted) and stored.
     pub staging_bytes: u64,
     /// When an input is stored in another type than the compute type: one
     /// stored chunk per loading thread to convert from.
@@ -524,6 +529,44 @@ impl<'a> CostModel<'a> {
             .fold(1u64, |product, t| product.saturating_mul(t.tile))
     }
 
+    /// Staging of a finished tile: the tile reordered to the output's axes
+    /// (only when the accumulator's order, batch then free A then free B,
+    /// differs from the output's), one output chunk of it in the compute
+    /// type (only when the output is stored in another type), and that
+    /// chunk in the stored type.
+    fn staging_bytes(&self, tiles: &[LabelTile], output_elements: u64) -> u64 {
+        let spec = &self.request.contraction.spec;
+        let bytes = self.request.compute_element_bytes;
+        let accumulator_order: Vec<u8> = [LabelRole::Batch, LabelRole::FreeA, LabelRole::FreeB]
+            .iter()
+            .flat_map(|&role| {
+                tiles
+                    .iter()
+                    .filter(move |t| t.role == role)
+                    .map(|t| t.label)
+            })
+            .collect();
+        let reorder_bytes = if accumulator_order == spec.output {
+            0
+        } else {
+            output_elements.saturating_mul(bytes)
+        };
+        let chunk_elements = tiles
+            .iter()
+            .filter(|t| spec.output.contains(&t.label))
+            .fold(1u64, |product, t| product.saturating_mul(t.output_chunk()));
+        let convert_bytes = if self.request.output_is_compute_type {
+            0
+        } else {
+            chunk_elements.saturating_mul(bytes)
+        };
+        pool_block_bytes(
+            reorder_bytes
+                .saturating_add(convert_bytes)
+                .saturating_add(chunk_elements.saturating_mul(self.request.output_element_bytes)),
+        )
+    }
+
     fn memory(&self, tiles: &[LabelTile]) -> MemoryPlan {
         let spec = &self.request.contraction.spec;
         let bytes = self.request.compute_element_bytes;
@@ -538,11 +581,7 @@ impl<'a> CostModel<'a> {
         // or page-rounded length), which is what the budget is charged.
         MemoryPlan {
             accumulator_bytes: pool_block_bytes(output_elements.saturating_mul(bytes)),
-            // The tile reordered to the output's axes, one output chunk of
-            // it, and that chunk in the stored type.
-            staging_bytes: pool_block_bytes(
-                output_elements.saturating_mul(2 * bytes + self.request.output_element_bytes),
-            ),
+            staging_bytes: self.staging_bytes(tiles, output_elements),
             conversion_bytes: if conversion_bytes == 0 {
                 0
             } else {
@@ -649,6 +688,7 @@ mod tests {
             },
             compute_element_bytes: 4,
             output_element_bytes: 4,
+            output_is_compute_type: true,
             budget_bytes,
         }
     }
