@@ -29,7 +29,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -43,6 +43,7 @@ use strata_disk::remap::{RemapTable, SparePool};
 use strata_disk::store::{Extent, ExtentStore, ReadBuf, StoreConfig};
 use strata_disk::writer::SpillWriter;
 
+use crate::scratch::{DropCaches, TempDir};
 use crate::stats::median;
 use crate::{
     BenchError, BenchOptions, BenchResult, SuiteReport, METRIC_MEDIAN, METRIC_THROUGHPUT,
@@ -68,8 +69,6 @@ const BLOCK_BYTES: u64 = 4096;
 const STORE_SPARE_BLOCKS: u64 = 64;
 /// Bytes per megabyte in the MB/s rows.
 const BYTES_PER_MB: f64 = 1e6;
-/// Where the kernel's page cache is dropped (root only).
-const DROP_CACHES_PATH: &str = "/proc/sys/vm/drop_caches";
 /// Quantization levels of the low-entropy sine (4 bits).
 const SINE_LEVELS: f32 = 16.0;
 /// Period of the sine, in elements.
@@ -176,7 +175,7 @@ pub(crate) fn run(
                 .to_owned(),
         ],
     };
-    let dir = TempDir::create()?;
+    let dir = TempDir::create("disk")?;
     report.notes.push(format!(
         "files in {} (removed at the end); blocks of {BLOCK_BYTES} B; records of {} B",
         dir.path.display(),
@@ -193,7 +192,10 @@ pub(crate) fn run(
         progress(&format!("disk: spill of {}", dataset.name));
         spill_benchmark(&budget, &dataset, &dir, &mut drops, &mut report)?;
     }
-    report.notes.push(drops.note());
+    report.notes.push(drops.note(
+        "before every read phase",
+        "reads of the store (buffered) and of the plain file come from the page cache",
+    ));
 
     progress("disk: checksum cost");
     checksum_benchmark(&budget, &mut rng, &mut report)?;
@@ -206,83 +208,6 @@ pub(crate) fn run(
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A directory under [`std::env::temp_dir`], removed with its files on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn create() -> Result<Self, BenchError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("strata-bench-disk-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&path).map_err(|e| BenchError::Setup {
-            bench: "disk".to_owned(),
-            detail: format!("cannot create {}: {e}", path.display()),
-        })?;
-        Ok(TempDir { path })
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Best effort: nothing to report to if removal fails.
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Drops the page cache between a write and a read phase when allowed, and
-/// remembers whether it worked.
-struct DropCaches {
-    wanted: bool,
-    succeeded: u64,
-    failed: Option<String>,
-}
-
-impl DropCaches {
-    fn new(wanted: bool) -> Self {
-        DropCaches {
-            wanted,
-            succeeded: 0,
-            failed: None,
-        }
-    }
-
-    fn drop_now(&mut self) {
-        if !self.wanted || self.failed.is_some() {
-            return;
-        }
-        // Data was synced before every read phase, so clean pages go.
-        match std::fs::write(DROP_CACHES_PATH, "1") {
-            Ok(()) => self.succeeded += 1,
-            Err(e) => self.failed = Some(e.to_string()),
-        }
-    }
-
-    fn note(&self) -> String {
-        match (&self.failed, self.wanted) {
-            (_, false) => "page cache not dropped (smoke mode): reads of the store \
-                           (buffered) and of the plain file come from the page cache"
-                .to_owned(),
-            (Some(error), true) => format!(
-                "page cache could not be dropped ({DROP_CACHES_PATH}: {error}): reads of the \
-                 store (buffered) and of the plain file come from the page cache"
-            ),
-            (None, true) => format!(
-                "page cache dropped ('1' written to {DROP_CACHES_PATH}) before every read \
-                 phase ({} times): reads come from the disk for every variant",
-                self.succeeded
-            ),
-        }
-    }
-}
 
 /// The records one spill round writes.
 struct Dataset {
@@ -1100,16 +1025,6 @@ mod tests {
         assert_eq!(find("RemapTable::lookup", ""), 2);
         assert_eq!(find("RemapView::lookup", ""), 2);
         assert!(report.notes.iter().any(|n| n.contains("page cache")));
-    }
-
-    #[test]
-    fn temp_dir_is_removed_on_drop() {
-        let dir = TempDir::create().unwrap();
-        let path = dir.path.clone();
-        std::fs::write(dir.file("x"), b"x").unwrap();
-        assert!(path.exists());
-        drop(dir);
-        assert!(!path.exists(), "{}", path.display());
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod flat;
 mod held;
 mod ooc_suite;
 mod pool_suite;
+mod scratch;
 pub mod stats;
 
 pub use flat::{FlatBitmap, FlatError};

@@ -45,7 +45,6 @@
 //! each (target: 80% of the read rate; both are I/O bound).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -63,6 +62,7 @@ use strata_ooc::policy::ChunkKey;
 use strata_ooc::reduce::{ReduceJob, ReduceOp};
 use strata_pool::sysmem::{self, ProcessMemory, CLEAR_REFS_PATH};
 
+use crate::scratch::{DropCaches, TempDir};
 use crate::{
     BenchError, BenchOptions, BenchResult, SuiteReport, METRIC_MEAN, METRIC_PEAK,
     METRIC_THROUGHPUT, METRIC_TOTAL, UNIT_GFLOP_PER_S, UNIT_HITS_PER_ACCESS, UNIT_MB_PER_S,
@@ -98,8 +98,6 @@ const F32_UNIT_ROUNDOFF: f64 = 1.0 / (1u64 << 24) as f64;
 const F32_BYTES: u64 = 4;
 /// Bytes per MiB in the MiB rows.
 const BYTES_PER_MIB: f64 = (1u64 << 20) as f64;
-/// Where the kernel's page cache is dropped (root only).
-const DROP_CACHES_PATH: &str = "/proc/sys/vm/drop_caches";
 /// Where `VmHWM` and `VmRSS` are read.
 const STATUS_PATH: &str = "/proc/self/status";
 /// Side of the square matmul run once before anything is timed, so the
@@ -223,7 +221,7 @@ pub(crate) fn run(
                 .to_owned(),
         ],
     };
-    let dir = TempDir::create()?;
+    let dir = TempDir::create("ooc")?;
     let threads = RunConfig::with_budget(settings.budget_bytes).gemm_threads;
     warm_up(threads);
 
@@ -256,7 +254,10 @@ pub(crate) fn run(
         })?;
         runs.push(run);
     }
-    report.notes.push(drops.note());
+    report.notes.push(drops.note(
+        "before each out-of-core run and each baseline read",
+        "the runs read the inputs from the page cache",
+    ));
 
     progress("ooc: matmul in memory (baseline)");
     let in_memory = run_in_memory(&inputs, threads)?;
@@ -1137,77 +1138,6 @@ fn reset_peak_rss() -> Result<u64, String> {
 /// `VmRSS` and `VmHWM` now.
 fn read_rss() -> Result<ProcessMemory, String> {
     sysmem::read_process_memory().map_err(|e| format!("reading {STATUS_PATH} failed: {e}"))
-}
-
-/// A directory under [`std::env::temp_dir`], removed with its files on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn create() -> Result<Self, BenchError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("strata-bench-ooc-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&path)
-            .map_err(|e| setup(SUITE, format!("cannot create {}: {e}", path.display())))?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Best effort: nothing to report to if removal fails.
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Drops the page cache before each out-of-core run when allowed, and
-/// remembers whether it worked.
-struct DropCaches {
-    wanted: bool,
-    succeeded: u64,
-    failed: Option<String>,
-}
-
-impl DropCaches {
-    fn new(wanted: bool) -> Self {
-        DropCaches {
-            wanted,
-            succeeded: 0,
-            failed: None,
-        }
-    }
-
-    fn drop_now(&mut self) {
-        if !self.wanted || self.failed.is_some() {
-            return;
-        }
-        // The inputs were synced by `finish`, so their clean pages go.
-        match std::fs::write(DROP_CACHES_PATH, "1") {
-            Ok(()) => self.succeeded += 1,
-            Err(e) => self.failed = Some(e.to_string()),
-        }
-    }
-
-    fn note(&self) -> String {
-        match (&self.failed, self.wanted) {
-            (_, false) => "page cache not dropped (smoke mode): the out-of-core runs read \
-                           the inputs from the page cache"
-                .to_owned(),
-            (Some(error), true) => format!(
-                "page cache could not be dropped ({DROP_CACHES_PATH}: {error}): the \
-                 out-of-core runs read the inputs from the page cache"
-            ),
-            (None, true) => format!(
-                "page cache dropped ('1' written to {DROP_CACHES_PATH}) before each \
-                 out-of-core run ({} times): first reads of every chunk come from the disk",
-                self.succeeded
-            ),
-        }
-    }
 }
 
 #[cfg(test)]
