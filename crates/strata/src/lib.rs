@@ -7,8 +7,13 @@
 //! allocation cache and reserved ranges; and the memory layer, [`pool`]
 //! (`strata-pool`): budgets, the hybrid pool per device with always-on
 //! accounting, pressure levels, sampled profiling and a tracking global
-//! allocator; and the first parts of the disk tier, [`disk`]
-//! (`strata-disk`): block devices and verified spill records.
+//! allocator; the disk tier, [`disk`] (`strata-disk`): block devices,
+//! verified spill records and the extent store with bad-block remapping;
+//! chunked arrays, [`array`](mod@array) (`strata-array`): Zarr v3, NPY and in-memory
+//! arrays behind `ChunkSource`/`ChunkSink`; and the out-of-core engine,
+//! [`ooc`] (`strata-ooc`): einsum contractions, reductions and elementwise
+//! operations under a memory budget, with a buffer manager and plan-aware
+//! eviction.
 //!
 //! # Example
 //!
@@ -37,9 +42,11 @@
 //! # }
 //! ```
 
+pub use strata_array as array;
 pub use strata_bitmap as bitmap;
 pub use strata_bitmap::{BitmapError, BitmapStats, Block, BlockBitmap, Extent, SharedBitmap};
 pub use strata_disk as disk;
+pub use strata_ooc as ooc;
 pub use strata_pool as pool;
 pub use strata_pool::{
     Device, DevicePools, HybridPool, PoolBox, PoolConfig, PoolError, PoolStats, TrackingAllocator,
