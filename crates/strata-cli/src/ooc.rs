@@ -90,7 +90,8 @@ pub enum PolicyArg {
     Lru,
     /// SIEVE.
     Sieve,
-    /// S3-FIFO.
+    /// S3-FIFO (also accepted as `s3fifo`).
+    #[value(name = "s3-fifo", alias = "s3fifo")]
     S3fifo,
 }
 
@@ -1310,4 +1311,24 @@ fn check_entries(
         }
     }
     Ok(DEMO_CHECKED_ENTRIES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_parse_with_and_without_the_dash() {
+        for (text, want) in [
+            ("min", PolicyKind::Min),
+            ("lru", PolicyKind::Lru),
+            ("sieve", PolicyKind::Sieve),
+            ("s3-fifo", PolicyKind::S3Fifo),
+            ("s3fifo", PolicyKind::S3Fifo),
+        ] {
+            let parsed = PolicyArg::from_str(text, false).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(parsed.kind(), want, "{text}");
+        }
+        assert!(PolicyArg::from_str("fifo", false).is_err());
+    }
 }

@@ -270,13 +270,13 @@ pub struct ContractionJob<'a> {
     plan: TilePlan,
 }
 
-/// The compute type for two stored types: f64 if either is f64 or i64,
-/// else f32.
+/// The compute type for two stored types: the wider of the two types'
+/// own [`DataType::compute_type`], so f64, i64 and i32 (whose values f32
+/// holds exactly only up to 2^24) compute in f64, everything else in f32.
 pub fn compute_type_for(a: DataType, b: DataType) -> ComputeType {
-    if matches!(a, DataType::F64 | DataType::I64) || matches!(b, DataType::F64 | DataType::I64) {
-        ComputeType::F64
-    } else {
-        ComputeType::F32
+    match (a.compute_type(), b.compute_type()) {
+        (ComputeType::F32, ComputeType::F32) => ComputeType::F32,
+        _ => ComputeType::F64,
     }
 }
 

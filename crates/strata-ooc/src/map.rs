@@ -18,7 +18,7 @@
 //!
 //! Inputs are converted to the compute type of
 //! [`crate::contract::compute_type_for`] (`f64` for
-//! `f64` and `i64`, `f32` otherwise), and each output element is one
+//! `f64`, `i64` and `i32`, `f32` otherwise), and each output element is one
 //! correctly rounded operation in it: `+ - * /` as IEEE 754, `a * b + c`
 //! and `a * s + t` as a fused multiply-add (one rounding), min and max
 //! exact (NaN if either operand is NaN, as numpy's `minimum` and

@@ -14,9 +14,9 @@
 //! # Accuracy
 //!
 //! Inputs are converted to the compute type of
-//! [`crate::contract::compute_type_for`]: `f64` for `f64`
-//! and `i64` inputs, `f32` for the others (exact for `f32`, `f16`, `bf16`,
-//! `u8`, and `i32` up to 2^24 in magnitude).
+//! [`crate::contract::compute_type_for`]: `f64` for `f64`,
+//! `i64` and `i32` inputs, `f32` for the others (exact for `f32`, `f16`,
+//! `bf16` and `u8`).
 //!
 //! Sums (and means) use Neumaier's variant of Kahan's compensated summation
 //! (a running sum and a compensation term per output element, both in the

@@ -15,9 +15,9 @@ use strata_ooc::map::{MapJob, MapOp};
 use strata_ooc::stream::StreamError;
 use strata_pool::budget::MemoryPool;
 
-/// Unit roundoff of the compute type of `dtype` (f64 for f64 and i64).
+/// Unit roundoff of the compute type of `dtype` (f64 for f64, i64 and i32).
 fn compute_roundoff(dtype: DataType) -> f64 {
-    if matches!(dtype, DataType::F64 | DataType::I64) {
+    if matches!(dtype, DataType::F64 | DataType::I64 | DataType::I32) {
         f64::EPSILON / 2.0
     } else {
         f64::from(f32::EPSILON) / 2.0
@@ -318,6 +318,38 @@ fn integer_sums_store_exactly_in_integer_outputs() {
         DataType::I32,
         401,
     );
+}
+
+#[test]
+fn large_i32_values_add_exactly() {
+    // 2^24 + 1 and its neighbours are not f32 values: computed in f32 the sum
+    // would come back rounded. i32 computes in f64, so it is exact.
+    let big = f64::from((1i32 << 24) + 1);
+    let a_values = [big, -big, big + 2.0, f64::from(i32::MAX) - 1.0];
+    let b_values = [2.0, -2.0, 1_000_000_007.0 - big - 2.0, 1.0];
+    let a = mem_array("a", &[4], &[3], DataType::I32, &a_values);
+    let b = mem_array("b", &[4], &[2], DataType::I32, &b_values);
+    let job = MapJob::new(MapOp::Add, &[&a, &b], DataType::I32, 1 << 20).unwrap();
+    let out = MemArray::zeroed("out", job.output_meta());
+    job.run(
+        &Engine::new(1 << 20).unwrap(),
+        &out,
+        &RunConfig::with_budget(1 << 20),
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let meta = ChunkSource::meta(&out).clone();
+    for chunk in 0..meta.grid_shape()[0] {
+        let shape = meta.chunk_shape_at(&[chunk]);
+        let mut bytes = vec![0u8; shape[0] as usize * 4];
+        out.read_chunk(&[chunk], &mut bytes).unwrap();
+        let mut values = vec![0f64; shape[0] as usize];
+        decode_elements::<f64>(DataType::I32, &bytes, &mut values);
+        got.extend(values);
+    }
+    let want: Vec<f64> = a_values.iter().zip(&b_values).map(|(x, y)| x + y).collect();
+    assert_eq!(got, want);
 }
 
 #[test]
