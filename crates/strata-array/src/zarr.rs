@@ -250,6 +250,22 @@ fn check_codecs<'a>(
     Ok(sharding)
 }
 
+/// Whether a `codecs` list is exactly one `bytes` codec that is not
+/// big-endian: then a chunk file is the chunk's elements in native order
+/// (this crate only builds for little-endian targets' layouts it checks).
+fn is_raw_little_endian(codecs: Option<&Value>) -> bool {
+    let Some([only]) = codecs.and_then(Value::as_array).map(Vec::as_slice) else {
+        return false;
+    };
+    let endian = only
+        .get("configuration")
+        .and_then(|c| c.get("endian"))
+        .and_then(Value::as_str);
+    only.get("name").and_then(Value::as_str) == Some("bytes")
+        && endian != Some("big")
+        && cfg!(target_endian = "little")
+}
+
 fn parse_zarr_json(name: &str, document: &Value) -> Result<Parsed, ArrayError> {
     if document.get("zarr_format").and_then(Value::as_u64) != Some(3) {
         return Err(ArrayError::UnsupportedLayout {
@@ -501,6 +517,10 @@ pub struct ZarrArray {
     array: Array<FilesystemStore>,
     sharded: Option<ShardedReader>,
     options: CodecOptions,
+    /// Chunks are stored as raw little-endian bytes (the only codec is
+    /// `bytes`, not big-endian): a full chunk file is read straight into the
+    /// caller's buffer, with no intermediate copy.
+    raw_little_endian: bool,
 }
 
 /// A shard index entry (offset and size both) marking a missing inner chunk.
@@ -643,6 +663,7 @@ impl ZarrArray {
             }
             _ => None,
         };
+        let raw_little_endian = sharded.is_none() && is_raw_little_endian(document.get("codecs"));
         Ok(ZarrArray {
             name,
             path: path.to_path_buf(),
@@ -651,7 +672,53 @@ impl ZarrArray {
             array,
             sharded,
             options: CodecOptions::default(),
+            raw_little_endian,
         })
+    }
+
+    /// Reads a full, raw little-endian chunk file straight into `out`
+    /// (exactly one chunk's bytes). A missing file is the fill value, as
+    /// zarrs reads it; a file of any other length is a corrupt chunk.
+    fn read_raw_chunk(&self, grid_index: &[u64], out: &mut [u8]) -> Result<(), ArrayError> {
+        let key = self.array.chunk_key(grid_index);
+        let file_path = self.path.join(key.as_str());
+        let io_error = |operation: &'static str, error: std::io::Error| ArrayError::Io {
+            array: self.name.clone(),
+            chunk: Some(grid_index.to_vec()),
+            operation,
+            source: std::io::Error::new(
+                error.kind(),
+                format!("file {}: {error}", file_path.display()),
+            ),
+        };
+        let mut file = match File::open(&file_path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let fill = self.array.fill_value().as_ne_bytes();
+                for element in out.chunks_exact_mut(fill.len()) {
+                    element.copy_from_slice(fill);
+                }
+                return Ok(());
+            }
+            Err(error) => return Err(io_error("opening the chunk file", error)),
+        };
+        let stored_bytes = file
+            .metadata()
+            .map_err(|error| io_error("reading the chunk file's size", error))?
+            .len();
+        if stored_bytes != out.len() as u64 {
+            return Err(ArrayError::CorruptChunk {
+                array: self.name.clone(),
+                chunk: grid_index.to_vec(),
+                detail: format!(
+                    "file {} holds {stored_bytes} bytes, a raw chunk is {}",
+                    file_path.display(),
+                    out.len()
+                ),
+            });
+        }
+        std::io::Read::read_exact(&mut file, out)
+            .map_err(|error| io_error("reading the chunk file", error))
     }
 
     /// Creates a new array in directory `path` (created if missing) with
@@ -987,7 +1054,12 @@ impl ChunkSource for ZarrArray {
                     out[inner..inner + len].copy_from_slice(&raw[outer..outer + len]);
                 });
             }
-            _ => {
+            None if self.raw_little_endian
+                && out.len() as u64 == self.meta.full_chunk_len_bytes() as u64 =>
+            {
+                self.read_raw_chunk(grid_index, out)?;
+            }
+            None => {
                 let where_stored = format!("file {}", self.array.chunk_key(grid_index));
                 let bytes = self
                     .array

@@ -458,3 +458,54 @@ fn a_truncated_npy_is_corrupt_metadata() {
         ArrayError::CorruptMetadata { .. }
     ));
 }
+
+#[test]
+fn raw_chunk_files_of_the_wrong_length_are_corrupt_and_missing_ones_read_as_fill() {
+    // Uncompressed, unchecked chunks are read straight from their files; a
+    // file whose length is not a full chunk's must still be refused.
+    let dir = TempDir::new("raw");
+    let meta = meta_f32();
+    let whole = random_array_bytes(&meta, 9);
+    let path = dir.path().join("raw.zarr");
+    write_all_chunks(
+        &ZarrArray::create(&path, meta.clone(), &ZarrCodecs::default()).unwrap(),
+        &whole,
+    );
+    let full_chunk_bytes = meta.full_chunk_len_bytes();
+    for (file, new_len) in [
+        ("c/0/0", full_chunk_bytes - 1),
+        ("c/1/1", full_chunk_bytes + 4),
+        ("c/2/2", 0),
+    ] {
+        let file = path.join(file);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.resize(new_len, 0);
+        std::fs::write(&file, bytes).unwrap();
+    }
+    std::fs::remove_file(path.join("c/0/1")).unwrap();
+    let array = ZarrArray::open(&path).unwrap();
+    for grid_index in meta.grid_indices() {
+        let mut out = vec![0xAAu8; meta.chunk_len_bytes_at(&grid_index)];
+        let result = array.read_chunk(&grid_index, &mut out);
+        match grid_index.as_slice() {
+            [0, 0] | [1, 1] | [2, 2] => match result {
+                Err(ArrayError::CorruptChunk { chunk, .. }) => assert_eq!(chunk, grid_index),
+                other => panic!("chunk {grid_index:?}: {other:?}"),
+            },
+            [0, 1] => {
+                result.unwrap();
+                assert!(
+                    out.iter().all(|&b| b == 0),
+                    "missing chunk is not the fill value"
+                );
+            }
+            _ => {
+                result.unwrap_or_else(|e| panic!("chunk {grid_index:?}: {e}"));
+                let reference = MemArray::from_bytes("ref", meta.clone(), whole.clone()).unwrap();
+                let mut want = vec![0u8; out.len()];
+                ChunkSource::read_chunk(&reference, &grid_index, &mut want).unwrap();
+                assert_eq!(out, want, "chunk {grid_index:?}");
+            }
+        }
+    }
+}

@@ -863,7 +863,8 @@ fn matmul_rows(
         .collect();
     report.notes.push(format!(
         "{prefix}: plan tiles {}; {} output tiles x {} steps; memory: accumulator {} KiB, \
-         packed A {} KiB, packed B {} KiB, staging {} KiB, cache {} KiB",
+         packed A {} KiB, packed B {} KiB, staging {} KiB, GEMM kernel's own packing {} KiB \
+         (outside the pool, counted in the budget), cache {} KiB",
         tiles.join(" "),
         plan.output_tiles(),
         plan.steps_per_output_tile(),
@@ -871,6 +872,7 @@ fn matmul_rows(
         plan.memory.packed_a_bytes >> 10,
         plan.memory.packed_b_bytes >> 10,
         plan.memory.staging_bytes >> 10,
+        plan.memory.kernel_workspace_bytes >> 10,
         plan.memory.cache_bytes >> 10,
     ));
     let lower_bound = BenchResult::new(

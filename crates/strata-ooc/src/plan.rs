@@ -69,6 +69,11 @@ pub const CACHE_CHUNKS_MIN: u64 = 2;
 
 /// Threads that load chunks at once: the compute thread and the prefetcher.
 pub const LOADING_THREADS: u64 = 2;
+/// The GEMM kernel's depth block: it packs at most this many contracted
+/// elements of a row of A and of a column of B at a time (faer's x86 kernel
+/// uses `min(depth, 512)`). Its packing buffers are memory the job holds
+/// outside the pool, so the plan counts them against the budget.
+pub const KERNEL_DEPTH_BLOCK: u64 = 512;
 
 const _: () = assert!(CACHE_SHARE_MIN_PERCENT < 100);
 const _: () = assert!(CACHE_CHUNKS_MIN >= 1);
@@ -173,18 +178,25 @@ pub struct MemoryPlan {
     /// When an input is stored in another type than the compute type: one
     /// stored chunk per loading thread to convert from.
     pub conversion_bytes: u64,
+    /// The GEMM kernel's own packing buffers, at most one depth block of
+    /// the A tile and of the B tile ([`KERNEL_DEPTH_BLOCK`]): not taken from
+    /// the pool (the kernel allocates them itself, once per calling thread),
+    /// but resident while the job runs, so the budget leaves room for them.
+    pub kernel_workspace_bytes: u64,
     /// The chunk cache (reuse and prefetch): the rest of the budget.
     pub cache_bytes: u64,
 }
 
 impl MemoryPlan {
-    /// Bytes held by tiles (everything but the cache).
+    /// Bytes held by tiles (everything but the cache), the kernel's
+    /// workspace included.
     pub fn tile_bytes(&self) -> u64 {
         self.accumulator_bytes
             + self.packed_a_bytes
             + self.packed_b_bytes
             + self.staging_bytes
             + self.conversion_bytes
+            + self.kernel_workspace_bytes
     }
 
     /// Every byte of the plan.
@@ -567,6 +579,23 @@ impl<'a> CostModel<'a> {
         )
     }
 
+    /// The GEMM kernel's packing buffers for one call on a tile: one depth
+    /// block of the A tile's rows and of the B tile's columns (the kernel is
+    /// called once per batch element, so batch labels do not count).
+    fn kernel_workspace_bytes(&self, tiles: &[LabelTile]) -> u64 {
+        let role_elements = |role: LabelRole| {
+            tiles
+                .iter()
+                .filter(|t| t.role == role)
+                .fold(1u64, |product, t| product.saturating_mul(t.tile))
+        };
+        let depth = role_elements(LabelRole::Contracted).min(KERNEL_DEPTH_BLOCK);
+        role_elements(LabelRole::FreeA)
+            .saturating_add(role_elements(LabelRole::FreeB))
+            .saturating_mul(depth)
+            .saturating_mul(self.request.compute_element_bytes)
+    }
+
     fn memory(&self, tiles: &[LabelTile]) -> MemoryPlan {
         let spec = &self.request.contraction.spec;
         let bytes = self.request.compute_element_bytes;
@@ -597,6 +626,7 @@ impl<'a> CostModel<'a> {
                 self.elements(tiles, &spec.b, Some(LabelRole::Contracted))
                     .saturating_mul(bytes),
             ),
+            kernel_workspace_bytes: self.kernel_workspace_bytes(tiles),
             cache_bytes: 0,
         }
     }
@@ -768,6 +798,39 @@ mod tests {
         assert!(i.is_multiple_of(512) && j.is_multiple_of(512), "{plan:?}");
         assert!(i * j >= 1024 * 1024, "output tiles too small: {plan:?}");
         assert!(plan.read_bytes_no_reuse >= plan.input_bytes);
+    }
+
+    #[test]
+    fn the_kernels_packing_is_counted_in_the_budget() {
+        for (side, depth, budget) in [(4096, 4096, 32u64 << 20), (2048, 300, 8 << 20)] {
+            let c = EinsumSpec::matmul()
+                .bind(&[side, depth], &[depth, side])
+                .unwrap();
+            let plan = plan_contraction(&request(&c, &[512, 512], &[512, 512], budget)).unwrap();
+            let (i, j, k) = (
+                plan.tile(b'i').unwrap().tile,
+                plan.tile(b'j').unwrap().tile,
+                plan.tile(b'k').unwrap().tile,
+            );
+            let memory = plan.memory;
+            assert_eq!(
+                memory.kernel_workspace_bytes,
+                (i + k) * j.min(KERNEL_DEPTH_BLOCK) * 4,
+                "{plan:?}"
+            );
+            assert_eq!(memory.total_bytes(), budget, "{plan:?}");
+            assert_eq!(
+                memory.cache_bytes,
+                budget
+                    - memory.accumulator_bytes
+                    - memory.packed_a_bytes
+                    - memory.packed_b_bytes
+                    - memory.staging_bytes
+                    - memory.conversion_bytes
+                    - memory.kernel_workspace_bytes,
+                "{plan:?}"
+            );
+        }
     }
 
     #[test]
