@@ -269,3 +269,50 @@ fn read_chunk_as_converts_every_dtype() {
         assert_eq!(first_f32, vec![0.0, 1.0, 3.0, 100.0], "{dtype}");
     }
 }
+
+#[test]
+fn raw_chunks_written_directly_read_back_through_zarrs_itself() {
+    // Uncompressed, unchecked arrays bypass zarrs on both paths; zarrs must
+    // still read every chunk (full and ragged) as written.
+    let dir = TempDir::new("raw-zarrs");
+    for (case, (shape, chunk_shape)) in geometries().into_iter().enumerate() {
+        for dtype in ALL_DATA_TYPES {
+            let seed = 3000 + case as u64;
+            let meta = ArrayMeta::new(shape.clone(), chunk_shape.clone(), dtype).unwrap();
+            let whole = random_array_bytes(&meta, seed);
+            let path = dir.path().join(format!("{case}-{dtype}.zarr"));
+            let writer = ZarrArray::create(&path, meta.clone(), &ZarrCodecs::default()).unwrap();
+            write_all_chunks(&writer, &whole); // and finishes
+            let store =
+                std::sync::Arc::new(zarrs::filesystem::FilesystemStore::new(&path).unwrap());
+            let array = zarrs::array::Array::open(store, "/").unwrap();
+            for grid_index in meta.grid_indices() {
+                let bytes = array.retrieve_chunk(&grid_index).unwrap().into_owned();
+                let stored = bytes.into_fixed().unwrap();
+                let want = naive_chunk(&meta, &whole, &grid_index);
+                let ragged = meta.chunk_shape_at(&grid_index);
+                // zarrs hands back the full stored chunk; compare its
+                // in-array part, row by row in C order.
+                let size = dtype.size_bytes();
+                let mut got = Vec::with_capacity(want.len());
+                strata_array::meta::for_each_run(
+                    meta.chunk_shape(),
+                    &strata_array::meta::ChunkRegion {
+                        start: vec![0; meta.rank()],
+                        shape: ragged,
+                    },
+                    |outer, _inner, len| {
+                        let (outer, len) = (outer as usize * size, len as usize * size);
+                        got.extend_from_slice(&stored[outer..outer + len]);
+                    },
+                );
+                assert_eq!(got, want, "case {case} {dtype} chunk {grid_index:?}");
+            }
+            assert_chunks_equal(
+                &ZarrArray::open(&path).unwrap(),
+                &whole,
+                &format!("raw case {case} {dtype}"),
+            );
+        }
+    }
+}
