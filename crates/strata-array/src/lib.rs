@@ -10,6 +10,8 @@
 //! - [`chunk`]: the [`ChunkSource`] /
 //!   [`ChunkSink`] traits, and conversion of chunks to and
 //!   from `f32` / `f64`.
+//! - [`digest`]: a checksum of an array's elements in C order, the same
+//!   whatever the chunks and codecs (for checks against other readers).
 //! - [`mem`]: arrays in memory, for tests.
 //! - [`npy`]: NPY files (versions 1–3 read, 1 written), memory-mapped or read
 //!   with positional reads.
@@ -28,6 +30,7 @@ compile_error!(
 );
 
 pub mod chunk;
+pub mod digest;
 pub mod dtype;
 pub mod error;
 pub mod mem;

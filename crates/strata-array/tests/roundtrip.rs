@@ -316,3 +316,41 @@ fn raw_chunks_written_directly_read_back_through_zarrs_itself() {
         }
     }
 }
+
+#[test]
+fn content_digest_is_xxh3_of_the_c_order_bytes_whatever_the_chunking_and_codecs() {
+    let dir = TempDir::new("digest");
+    for (case, (shape, chunk_shape)) in geometries().into_iter().enumerate() {
+        for dtype in [DataType::F32, DataType::U8, DataType::F16, DataType::I64] {
+            let seed = 4000 + case as u64;
+            let meta = ArrayMeta::new(shape.clone(), chunk_shape.clone(), dtype).unwrap();
+            let whole = random_array_bytes(&meta, seed);
+            let want = xxhash_rust::xxh3::xxh3_64(&whole);
+            let mem = MemArray::zeroed("mem", meta.clone());
+            write_all_chunks(&mem, &whole);
+            assert_eq!(strata_array::digest::content_xxh3(&mem).unwrap(), want);
+            let codecs = ZarrCodecs {
+                compression: ZarrCompression::Zstd { level: 1 },
+                crc32c: true,
+                shard_shape: None,
+            };
+            let path = dir.path().join(format!("{case}-{dtype}.zarr"));
+            write_all_chunks(
+                &ZarrArray::create(&path, meta.clone(), &codecs).unwrap(),
+                &whole,
+            );
+            let array = ZarrArray::open(&path).unwrap();
+            assert_eq!(
+                strata_array::digest::content_xxh3(&array).unwrap(),
+                want,
+                "case {case} {dtype}"
+            );
+            // One flipped element changes it.
+            let mut other = whole.clone();
+            other[whole.len() / 2] ^= 1;
+            let changed = MemArray::zeroed("changed", meta.clone());
+            write_all_chunks(&changed, &other);
+            assert_ne!(strata_array::digest::content_xxh3(&changed).unwrap(), want);
+        }
+    }
+}

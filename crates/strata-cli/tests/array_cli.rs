@@ -273,3 +273,59 @@ fn demo_runs_and_checks_its_results() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn info_checksum_is_the_same_across_chunkings_and_codecs_and_matches_the_elements() {
+    let dir = scratch("checksum");
+    let mut checksums = Vec::new();
+    for (name, extra) in [
+        ("plain.zarr", vec!["--chunks", "5,7"]),
+        (
+            "zstd.zarr",
+            vec!["--chunks", "3,16", "--zstd", "3", "--crc32c"],
+        ),
+        ("sharded.zarr", vec!["--chunks", "4,4", "--shard", "8,8"]),
+        ("a.npy", vec![]),
+    ] {
+        let path = dir.join(name);
+        let path_text = path.to_str().unwrap();
+        let mut args = vec!["create", path_text, "--shape", "13,21", "--fill", "2.5"];
+        args.extend(extra);
+        run(&args);
+        let info = json(&run(&["info", path_text, "--json", "--checksum"]));
+        checksums.push((name, info["content_xxh3"].as_str().unwrap().to_string()));
+    }
+    // 13 x 21 elements of 2.5f32, little-endian, in C order.
+    let bytes: Vec<u8> = (0..13 * 21).flat_map(|_| 2.5f32.to_le_bytes()).collect();
+    let want = format!(
+        "{:016x}",
+        strata_array::digest::content_xxh3(
+            &strata_array::mem::MemArray::from_bytes(
+                "want",
+                strata_array::meta::ArrayMeta::new(
+                    vec![13, 21],
+                    vec![13, 21],
+                    strata_array::DataType::F32
+                )
+                .unwrap(),
+                bytes,
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    );
+    for (name, checksum) in &checksums {
+        assert_eq!(checksum, &want, "{name}: {checksums:?}");
+    }
+    let text = String::from_utf8(
+        run(&[
+            "info",
+            dir.join("plain.zarr").to_str().unwrap(),
+            "--checksum",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(text.contains(&want), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
