@@ -856,10 +856,10 @@ pub struct MapArgs {
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Factor of `scale`.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     scale: f64,
     /// Term added by `scale`.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     offset: f64,
     /// Result: a new Zarr directory, or an `.npy` file.
     #[arg(short, long)]
