@@ -431,6 +431,25 @@ fn bytes_under(path: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// An I/O error on the file of one chunk, naming the file.
+fn chunk_file_error(
+    array: &str,
+    grid_index: &[u64],
+    file_path: &Path,
+    operation: &'static str,
+    error: std::io::Error,
+) -> ArrayError {
+    ArrayError::Io {
+        array: array.to_string(),
+        chunk: Some(grid_index.to_vec()),
+        operation,
+        source: std::io::Error::new(
+            error.kind(),
+            format!("file {}: {error}", file_path.display()),
+        ),
+    }
+}
+
 /// Asks the kernel to start writing `file`'s dirty pages back now, without
 /// waiting, so that the sync in `finish` finds little left to write. Only a
 /// hint: failure is ignored (the sync reports real errors).
@@ -700,14 +719,8 @@ impl ZarrArray {
     fn read_raw_chunk(&self, grid_index: &[u64], out: &mut [u8]) -> Result<(), ArrayError> {
         let key = self.array.chunk_key(grid_index);
         let file_path = self.path.join(key.as_str());
-        let io_error = |operation: &'static str, error: std::io::Error| ArrayError::Io {
-            array: self.name.clone(),
-            chunk: Some(grid_index.to_vec()),
-            operation,
-            source: std::io::Error::new(
-                error.kind(),
-                format!("file {}: {error}", file_path.display()),
-            ),
+        let io_error = |operation, error| {
+            chunk_file_error(&self.name, grid_index, &file_path, operation, error)
         };
         let mut file = match File::open(&file_path) {
             Ok(file) => file,
@@ -1376,14 +1389,8 @@ impl ZarrWriter {
             .expect("array lock poisoned")
             .chunk_key(grid_index);
         let file_path = self.path.join(key.as_str());
-        let io = |operation: &'static str, error: std::io::Error| ArrayError::Io {
-            array: self.name.clone(),
-            chunk: Some(grid_index.to_vec()),
-            operation,
-            source: std::io::Error::new(
-                error.kind(),
-                format!("file {}: {error}", file_path.display()),
-            ),
+        let io = |operation, error| {
+            chunk_file_error(&self.name, grid_index, &file_path, operation, error)
         };
         if let Some(parent) = file_path.parent() {
             std::fs::create_dir_all(parent)

@@ -320,6 +320,20 @@ fn integer_sums_store_exactly_in_integer_outputs() {
     );
 }
 
+/// Runs `op` on small inputs within 1 MiB, returning the output.
+fn run_small(op: MapOp, inputs: &[&dyn ChunkSource], out_dtype: DataType) -> MemArray {
+    let job = MapJob::new(op, inputs, out_dtype, 1 << 20).unwrap();
+    let out = MemArray::zeroed("out", job.output_meta());
+    job.run(
+        &Engine::new(1 << 20).unwrap(),
+        &out,
+        &RunConfig::with_budget(1 << 20),
+        &mut |_| {},
+    )
+    .unwrap();
+    out
+}
+
 #[test]
 fn large_i32_values_add_exactly() {
     // 2^24 + 1 and its neighbours are not f32 values: computed in f32 the sum
@@ -329,25 +343,9 @@ fn large_i32_values_add_exactly() {
     let b_values = [2.0, -2.0, 1_000_000_007.0 - big - 2.0, 1.0];
     let a = mem_array("a", &[4], &[3], DataType::I32, &a_values);
     let b = mem_array("b", &[4], &[2], DataType::I32, &b_values);
-    let job = MapJob::new(MapOp::Add, &[&a, &b], DataType::I32, 1 << 20).unwrap();
-    let out = MemArray::zeroed("out", job.output_meta());
-    job.run(
-        &Engine::new(1 << 20).unwrap(),
-        &out,
-        &RunConfig::with_budget(1 << 20),
-        &mut |_| {},
-    )
-    .unwrap();
-    let mut got = Vec::new();
-    let meta = ChunkSource::meta(&out).clone();
-    for chunk in 0..meta.grid_shape()[0] {
-        let shape = meta.chunk_shape_at(&[chunk]);
-        let mut bytes = vec![0u8; shape[0] as usize * 4];
-        out.read_chunk(&[chunk], &mut bytes).unwrap();
-        let mut values = vec![0f64; shape[0] as usize];
-        decode_elements::<f64>(DataType::I32, &bytes, &mut values);
-        got.extend(values);
-    }
+    let out = run_small(MapOp::Add, &[&a, &b], DataType::I32);
+    let mut got = vec![0f64; 4];
+    decode_elements::<f64>(DataType::I32, &out.to_bytes(), &mut got);
     let want: Vec<f64> = a_values.iter().zip(&b_values).map(|(x, y)| x + y).collect();
     assert_eq!(got, want);
 }
@@ -363,15 +361,7 @@ fn nan_propagates_through_min_and_max() {
     );
     let b = mem_array("b", &[4], &[2], DataType::F32, &[0.0, f64::NAN, 3.0, 1.0]);
     for (op, want) in [(MapOp::Min, [2.0, 1.0]), (MapOp::Max, [3.0, f64::INFINITY])] {
-        let job = MapJob::new(op, &[&a, &b], DataType::F64, 1 << 20).unwrap();
-        let out = MemArray::zeroed("out", job.output_meta());
-        job.run(
-            &Engine::new(1 << 20).unwrap(),
-            &out,
-            &RunConfig::with_budget(1 << 20),
-            &mut |_| {},
-        )
-        .unwrap();
+        let out = run_small(op, &[&a, &b], DataType::F64);
         let mut got = [0.0; 4];
         decode_elements::<f64>(DataType::F64, &out.to_bytes(), &mut got);
         assert!(got[0].is_nan() && got[1].is_nan(), "{op:?}: {got:?}");
