@@ -41,6 +41,9 @@ const DEMO_CHECKED_ENTRIES: usize = 16;
 const DEMO_INPUTS_OVER_BUDGET: u64 = 8;
 /// The disk tier's cap for the demo's intermediate, over its raw size.
 const DEMO_SPILL_CAP_OVER_INTERMEDIATE: u64 = 2;
+/// Chunks of the intermediate queued for the disk tier take at most
+/// 1/this of the budget (the contraction plans with the rest).
+const DEMO_SPILL_INFLIGHT_SHARE_DIVISOR: u64 = 8;
 /// The demo's chunks are at most 1/this of its budget.
 const DEMO_CHUNKS_PER_BUDGET: u64 = 32;
 /// The demo's smallest chunk side.
@@ -626,18 +629,39 @@ fn run_config(run: &RunArgs, budget_bytes: u64) -> RunConfig {
     }
 }
 
-/// Plans and runs one contraction into `sink_for(output meta)`, returning
-/// its summary.
+/// Where a contraction's result goes.
+struct Destination<'d> {
+    /// How the summary names it.
+    name: &'d str,
+    /// Makes the sink for the result's metadata.
+    sink_for: &'d dyn Fn(ArrayMeta) -> Result<Box<dyn ChunkSink>, String>,
+    /// Memory the sink holds outside the engine (chunks queued for the disk
+    /// tier): it comes out of the budget before the engine plans with the
+    /// rest.
+    queued_bytes: u64,
+}
+
+/// Plans and runs one contraction into `destination`, returning its
+/// summary.
 fn run_contraction(
     spec: &EinsumSpec,
     a: &dyn ChunkSource,
     b: &dyn ChunkSource,
-    output: &str,
-    sink_for: &dyn Fn(ArrayMeta) -> Result<Box<dyn ChunkSink>, String>,
+    destination: &Destination<'_>,
     run: &RunArgs,
     title: String,
 ) -> Result<Summary, String> {
-    let budget_bytes = parse_size(&run.memory).map_err(|e| format!("--memory: {e}"))?;
+    let (output, sink_for, sink_bytes) = (
+        destination.name,
+        destination.sink_for,
+        destination.queued_bytes,
+    );
+    let total_budget_bytes = parse_size(&run.memory).map_err(|e| format!("--memory: {e}"))?;
+    let budget_bytes = total_budget_bytes.checked_sub(sink_bytes).ok_or_else(|| {
+        format!(
+            "--memory {total_budget_bytes} bytes is less than the {sink_bytes} bytes the destination queues"
+        )
+    })?;
     let output_dtype = run.dtype.map(DtypeArg::dtype).unwrap_or_else(|| {
         strata_ooc::contract::compute_type_for(a.meta().dtype(), b.meta().dtype()).dtype()
     });
@@ -676,7 +700,7 @@ fn run_contraction(
         policy: report.policy,
         wall_seconds: report.wall.as_secs_f64(),
         flops: Some(report.flops),
-        budget_bytes,
+        budget_bytes: total_budget_bytes,
         peak_reserved_bytes: report.peak_reserved_bytes,
         peak_rss_bytes,
         read_bytes: report.cache.source_read_bytes,
@@ -760,8 +784,11 @@ pub fn matmul(args: &MatmulArgs) -> Result<(), String> {
         &EinsumSpec::matmul(),
         a.as_ref(),
         b.as_ref(),
-        &output,
-        &file_sink(&args.output),
+        &Destination {
+            name: &output,
+            sink_for: &file_sink(&args.output),
+            queued_bytes: 0,
+        },
         &args.run,
         title,
     )?;
@@ -783,8 +810,11 @@ pub fn einsum(args: &EinsumArgs) -> Result<(), String> {
         &spec,
         a.as_ref(),
         b.as_ref(),
-        &output,
-        &file_sink(&args.output),
+        &Destination {
+            name: &output,
+            sink_for: &file_sink(&args.output),
+            queued_bytes: 0,
+        },
         &args.run,
         title,
     )?;
@@ -1112,8 +1142,11 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         &EinsumSpec::matmul(),
         a.as_ref(),
         b.as_ref(),
-        &c_path.display().to_string(),
-        &file_sink(&c_path),
+        &Destination {
+            name: &c_path.display().to_string(),
+            sink_for: &file_sink(&c_path),
+            queued_bytes: 0,
+        },
         &run,
         format!("matmul {a_name} @ {b_name}"),
     )?;
@@ -1127,6 +1160,10 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
     //    back, verified, and goes to r.zarr.
     let spec = EinsumSpec::parse("ij,kj->ik").map_err(|e| e.to_string())?;
     let spill_cap_bytes = meta.len_bytes() * DEMO_SPILL_CAP_OVER_INTERMEDIATE;
+    // Chunks of T queued for the disk tier are heap memory: a share of the
+    // budget, which the contraction plans without.
+    let spill_inflight_bytes = parse_size(&args.memory).map_err(|e| format!("--memory: {e}"))?
+        / DEMO_SPILL_INFLIGHT_SHARE_DIVISOR;
     let intermediate: std::cell::RefCell<Option<std::sync::Arc<SpillArray<FileDevice>>>> =
         std::cell::RefCell::new(None);
     let spill_sink = |out_meta: ArrayMeta| -> Result<Box<dyn ChunkSink>, String> {
@@ -1136,6 +1173,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
                 out_meta,
                 &dir,
                 spill_cap_bytes,
+                spill_inflight_bytes,
             )
             .map_err(|e| e.to_string())?,
         );
@@ -1146,8 +1184,11 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         &spec,
         a.as_ref(),
         b.as_ref(),
-        "T, an intermediate in the disk tier",
-        &spill_sink,
+        &Destination {
+            name: "T, an intermediate in the disk tier",
+            sink_for: &spill_sink,
+            queued_bytes: spill_inflight_bytes,
+        },
         &run,
         format!("einsum ij,kj->ik {a_name} , {b_name}"),
     )?;
@@ -1178,7 +1219,13 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
             "dir": dir.display().to_string(),
             "generated_seconds": generated_seconds,
             "jobs": [matmul.json(), einsum.json(), reduce.json()],
-            "intermediate_spill": format!("{spill_stats:?}"),
+            "intermediate_spill": {
+                "chunks_written": spill_stats.chunks_written,
+                "submitted_bytes": spill_stats.submitted_bytes,
+                "peak_in_flight_bytes": spill_stats.peak_in_flight_bytes,
+                "in_flight_bytes_max": spill_inflight_bytes,
+                "disk_used_bytes": spill_stats.disk_used_bytes,
+            },
             "checked_entries": checked,
         });
         println!(
@@ -1191,7 +1238,15 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         print!("{}", matmul.text());
         println!("  checked         {checked_matmul} sampled entries against direct dot products: {ok}\n");
         print!("{}", einsum.text());
-        println!("  intermediate    {spill_stats:?}");
+        println!(
+            "  intermediate    {} chunks ({}) spilled as verified records, {} on disk; \
+             at most {} queued for the disk (limit {}, counted in the budget)",
+            spill_stats.chunks_written,
+            format_bytes(spill_stats.submitted_bytes),
+            format_bytes(spill_stats.disk_used_bytes),
+            format_bytes(spill_stats.peak_in_flight_bytes),
+            format_bytes(spill_inflight_bytes),
+        );
         println!("  checked         {checked_einsum} sampled entries of T against direct dot products: {ok}\n");
         print!("{}", reduce.text());
         println!("  checked         {checked_reduce} sampled sums against A's rows times B's column sums: {ok}\n");

@@ -67,11 +67,6 @@ use strata_disk::writer::{SpillWriter, WriterError};
 
 use crate::spill::{full_figures, spill_store_config, temp_store, TempPath, READ_BUFS_KEPT_MAX};
 
-/// A default for `inflight_bytes_max`: enough chunks in flight to keep the
-/// device busy while the producer computes the next, small beside a memory
-/// budget of gigabytes.
-pub const SPILL_ARRAY_INFLIGHT_BYTES_DEFAULT: u64 = 32 << 20;
-
 /// The disk tier's dtype for an array dtype.
 fn record_dtype(dtype: DataType) -> Dtype {
     match dtype {
@@ -366,12 +361,15 @@ impl<D: BlockDevice + 'static> SpillArray<D> {
 impl SpillArray<FileDevice> {
     /// An empty intermediate whose chunks go to a new spill file under
     /// `dir` with room for `cap_bytes` of records (removed when the array
-    /// drops), with [`SPILL_ARRAY_INFLIGHT_BYTES_DEFAULT`] in flight.
+    /// drops), with at most `inflight_bytes_max` bytes of chunks waiting for
+    /// the device: heap memory outside the engine's pool, which a caller
+    /// under a budget takes out of that budget.
     pub fn temp_file(
         name: impl Into<String>,
         meta: ArrayMeta,
         dir: &Path,
         cap_bytes: u64,
+        inflight_bytes_max: u64,
     ) -> Result<SpillArray<FileDevice>, ArrayError> {
         let name = name.into();
         let (store, temp) = temp_store(dir, cap_bytes).map_err(|e| ArrayError::Io {
@@ -380,13 +378,7 @@ impl SpillArray<FileDevice> {
             operation: "create the spill file",
             source: io::Error::other(e),
         })?;
-        Self::with_store(
-            name,
-            meta,
-            store,
-            SPILL_ARRAY_INFLIGHT_BYTES_DEFAULT,
-            Some(temp),
-        )
+        Self::with_store(name, meta, store, inflight_bytes_max, Some(temp))
     }
 }
 

@@ -406,7 +406,8 @@ fn temp_files_work_and_go_away() {
 
     let meta = ArrayMeta::new(vec![10, 10], vec![4, 4], DataType::F32).expect("meta");
     let path = {
-        let array = SpillArray::temp_file("tmp", meta.clone(), &dir, 1 << 20).expect("temp array");
+        let array =
+            SpillArray::temp_file("tmp", meta.clone(), &dir, 1 << 20, 1 << 20).expect("temp array");
         let path = array.temp_path().expect("a temp file").to_path_buf();
         for grid in meta.grid_indices() {
             let len = meta.chunk_len_bytes_at(&grid);
