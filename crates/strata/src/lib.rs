@@ -9,6 +9,8 @@
 //! accounting, pressure levels, sampled profiling and a tracking global
 //! allocator; the disk tier, [`disk`] (`strata-disk`): block devices,
 //! verified spill records and the extent store with bad-block remapping;
+//! mapped regions, [`region`] (`strata-region`): safetensors-compatible
+//! layer files mapped zero-copy with checksums verified once;
 //! chunked arrays, [`array`](mod@array) (`strata-array`): Zarr v3, NPY and in-memory
 //! arrays behind `ChunkSource`/`ChunkSink`; and the out-of-core engine,
 //! [`ooc`] (`strata-ooc`): einsum contractions, reductions and elementwise
@@ -51,3 +53,4 @@ pub use strata_pool as pool;
 pub use strata_pool::{
     Device, DevicePools, HybridPool, PoolBox, PoolConfig, PoolError, PoolStats, TrackingAllocator,
 };
+pub use strata_region as region;
