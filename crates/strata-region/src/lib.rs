@@ -9,7 +9,7 @@
 //! Any safetensors reader opens a region; any safetensors file opens as a
 //! region, its layers reading as [`Verification::Unverified`].
 //!
-//! - [`format`]: the header, parsed strictly (every malformed input is a
+//! - [`format`](mod@format): the header, parsed strictly (every malformed input is a
 //!   [`RegionError`], never a panic or a read out of bounds) and written.
 //! - [`builder`]: [`RegionBuilder`] streams layers to a temporary file and
 //!   publishes it atomically ([`PendingRegion::commit`]).
