@@ -15,6 +15,9 @@
 //!   publishes it atomically ([`PendingRegion::commit`]).
 //! - [`region`]: [`Region::open`] maps a file; [`Region::layer`] borrows a
 //!   layer with no copy, its checksum verified on first access, once.
+//! - [`store`]: [`RegionStore`], a directory of regions behind one layer
+//!   index with lock-free reads, memory levels, and heap proto regions
+//!   crystallized into files while readers keep reading.
 //!
 //! ```
 //! use strata_region::{Dtype, Region, RegionBuilder};
@@ -44,8 +47,10 @@ pub mod builder;
 pub mod error;
 pub mod format;
 pub mod region;
+pub mod store;
 
 pub use builder::{PendingRegion, RegionBuilder};
 pub use error::RegionError;
 pub use format::Dtype;
 pub use region::{AccessHint, LayerView, Region, Verification};
+pub use store::{LayerId, LayerRef, PressureLevel, RegionStore, StoreError, StoreLimits};
