@@ -24,6 +24,8 @@ import tempfile
 import numpy as np
 import xxhash
 import zarr
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 SHAPE = (37, 53)  # ragged against every chunk shape below
@@ -239,6 +241,58 @@ def numpy_checks(strata, work, rng):
             print(f"ok  {name} map {op}: max error {float(np.max(err)):.3g} within bound")
 
 
+def safetensors_both_ways(strata, work, rng):
+    """The safetensors package writes files Strata opens as regions (and
+    re-writes with checksums); Strata's regions open in safe_open with the
+    same tensors, including layers Strata built from raw files."""
+    tensors = {
+        "f32": rng.standard_normal((7, 5)).astype(np.float32),
+        "f64": rng.standard_normal((3,)).astype(np.float64),
+        "f16": rng.standard_normal((2, 2, 3)).astype(np.float16),
+        "i64": rng.integers(-(10**9), 10**9, size=(4, 1)).astype(np.int64),
+        "i32": rng.integers(-1000, 1000, size=(9,)).astype(np.int32),
+        "u8": rng.integers(0, 256, size=(13,)).astype(np.uint8),
+        "bool": rng.integers(0, 2, size=(5,)).astype(bool),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+    }
+    original = work / "python.safetensors"
+    save_file(tensors, str(original), metadata={"origin": "interop"})
+    info = json.loads(strata.run("region", "inspect", original, "--json"))
+    if sorted(layer["name"] for layer in info["layers"]) != sorted(tensors):
+        raise AssertionError(f"strata sees {info['layers']}")
+    strata.run("region", "verify", original)
+    region = work / "python.region"
+    strata.run("region", "import", original, "-o", region)
+    with safe_open(str(region), framework="numpy") as f:
+        names = [n for n in f.keys() if not n.startswith("__strata_pad_")]
+        if sorted(names) != sorted(tensors):
+            raise AssertionError(f"safe_open sees {sorted(f.keys())}")
+        for name, want in tensors.items():
+            got = f.get_tensor(name)
+            if got.dtype != want.dtype or got.shape != want.shape or not np.array_equal(got, want):
+                raise AssertionError(f"{name}: safe_open read {got!r}, wrote {want!r}")
+        if f.metadata().get("origin") != "interop" or f.metadata().get("strata.format") != "1":
+            raise AssertionError(f"metadata {f.metadata()}")
+    print(f"ok  safetensors wrote {len(tensors)} tensors -> strata imported them -> safe_open read them back")
+    # A region Strata builds from raw files (a manifest with dtypes).
+    raw = work / "raw"
+    raw.mkdir()
+    tensors["f32"].tofile(raw / "f32.bin")
+    tensors["i64"].tofile(raw / "i64.bin")
+    manifest = raw / "manifest.json"
+    manifest.write_text(json.dumps([
+        {"name": "weights", "file": "f32.bin", "dtype": "F32", "shape": [7, 5], "attributes": {"k": "v"}},
+        {"name": "ids", "file": "i64.bin", "dtype": "I64", "shape": [4, 1]},
+    ]))
+    built = work / "built.region"
+    strata.run("region", "build", manifest, "-o", built)
+    with safe_open(str(built), framework="numpy") as f:
+        for name, want in (("weights", tensors["f32"]), ("ids", tensors["i64"])):
+            if not np.array_equal(f.get_tensor(name), want):
+                raise AssertionError(f"{name}: safe_open read something else")
+    print("ok  strata built a region from raw files -> safe_open read the same tensors")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strata", required=True, help="the strata binary")
@@ -252,6 +306,7 @@ def main():
         zarr_python_writes(strata, work, rng)
         strata_writes(strata, work)
         numpy_checks(strata, work, rng)
+        safetensors_both_ways(strata, work, rng)
     print("interop: all checks passed")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks Strata's formats with the ecosystem's own readers (zarr-python,
-# numpy; safetensors once regions exist), both ways. Needs python3 (3.11 or
+# numpy, safetensors), both ways. Needs python3 (3.11 or
 # later) and the package index; everything else it installs itself:
 #   scripts/interop.sh
 # STRATA_INTEROP_VENV picks where the virtual environment lives
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 venv="${STRATA_INTEROP_VENV:-target/interop-venv}"
 # Versions known to work; newer ones are fine too.
-packages=(numpy==2.3.5 zarr==3.1.6 xxhash==3.6.0)
+packages=(numpy==2.3.5 zarr==3.1.6 xxhash==3.6.0 safetensors==0.7.0)
 
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
     # Debian splits venv and pip out of python3.

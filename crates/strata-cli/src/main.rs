@@ -13,6 +13,7 @@ use strata_pool::TrackingAllocator;
 
 mod disk;
 mod ooc;
+mod region;
 mod stats;
 
 /// Every heap allocation of the program, counted: the `pool` suite reads
@@ -84,6 +85,12 @@ enum Command {
         #[command(subcommand)]
         command: disk::DiskCommand,
     },
+    /// Build, inspect, verify, import and export region files (exit codes:
+    /// 0 clean, 1 `verify` found a corrupt layer, 2 usage or read errors).
+    Region {
+        #[command(subcommand)]
+        command: region::RegionCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
             json,
         } => print_stats(demo_workload, json),
         Command::Disk { command } => return disk::run(command),
+        Command::Region { command } => return region::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -51,6 +51,7 @@ pub struct RegionBuilder {
     tensors: Vec<Added>,
     data_bytes: u64,
     pads: u64,
+    metadata: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for RegionBuilder {
@@ -90,7 +91,24 @@ impl RegionBuilder {
             tensors: Vec::new(),
             data_bytes: 0,
             pads: 0,
+            metadata: Vec::new(),
         })
+    }
+
+    /// Adds a file-level metadata entry (kept as is; keys starting with
+    /// `strata.` are Strata's own and refused here).
+    pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<(), RegionError> {
+        if key.starts_with("strata.") {
+            return Err(RegionError::InvalidLayer {
+                layer: format::METADATA_KEY.to_string(),
+                detail: format!(
+                    "metadata key {key:?}: keys starting with \"strata.\" are reserved"
+                ),
+            });
+        }
+        self.metadata.retain(|(k, _)| k != key);
+        self.metadata.push((key.to_string(), value.to_string()));
+        Ok(())
     }
 
     /// Adds a typed tensor: `bytes` are its elements in C order,
@@ -271,7 +289,7 @@ impl RegionBuilder {
                 attributes: &t.attributes,
             })
             .collect();
-        let header = format::encode(&written, HEADER_RESERVE_BYTES);
+        let header = format::encode(&written, &self.metadata, HEADER_RESERVE_BYTES);
         let temp_path = self.temp_path.clone();
         let io = |operation, e| RegionError::io(&temp_path, operation, e);
         if header.len() as u64 == HEADER_RESERVE_BYTES {
@@ -388,4 +406,62 @@ impl Drop for PendingRegion {
             let _ = fs::remove_file(&self.temp_path);
         }
     }
+}
+
+/// Writes `region`'s layers as a plain safetensors file at `destination`:
+/// no Strata metadata, no padding tensors, the data right after the header
+/// (padded to 8 bytes, as the safetensors writer does); the region's other
+/// metadata is kept. Written to a temporary file, synced, renamed.
+pub fn export_plain(region: &Region, destination: &Path) -> Result<(), RegionError> {
+    let temp_path = temp_path_for(destination);
+    let io = |operation, e| RegionError::io(&temp_path, operation, e);
+    let mut offset = 0u64;
+    let mut object = serde_json::Map::new();
+    if !region.header().other_metadata.is_empty() {
+        let metadata: serde_json::Map<String, serde_json::Value> = region
+            .header()
+            .other_metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        object.insert(format::METADATA_KEY.into(), metadata.into());
+    }
+    for layer in region.layers() {
+        object.insert(
+            layer.name.clone(),
+            serde_json::json!({
+                "dtype": layer.dtype.name(),
+                "shape": layer.shape,
+                "data_offsets": [offset, offset + layer.len_bytes()],
+            }),
+        );
+        offset += layer.len_bytes();
+    }
+    let mut json = serde_json::Value::Object(object).to_string();
+    while !(8 + json.len()).is_multiple_of(8) {
+        json.push(' ');
+    }
+    let result = (|| -> Result<(), RegionError> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+            .map_err(|e| io("creating the temporary file", e))?;
+        file.write_all(&(json.len() as u64).to_le_bytes())
+            .and_then(|()| file.write_all(json.as_bytes()))
+            .map_err(|e| io("writing the header", e))?;
+        for index in 0..region.layer_count() {
+            // Verified before it is copied out.
+            let layer = region.layer_at(index)?;
+            file.write_all(layer.bytes())
+                .map_err(|e| io("writing a layer", e))?;
+        }
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        fs::rename(&temp_path, destination)
+            .map_err(|e| RegionError::io(destination, "renaming into place", e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp_path);
+    }
+    result
 }

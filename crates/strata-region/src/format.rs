@@ -484,8 +484,15 @@ pub(crate) struct WrittenTensor<'a> {
 /// The header bytes (length field and JSON, padded with spaces) for
 /// `tensors`, such that the data starts at a multiple of
 /// [`DATA_ALIGN_BYTES`] and at least at `data_start_min`.
-pub(crate) fn encode(tensors: &[WrittenTensor<'_>], data_start_min: u64) -> Vec<u8> {
+pub(crate) fn encode(
+    tensors: &[WrittenTensor<'_>],
+    extra_metadata: &[(String, String)],
+    data_start_min: u64,
+) -> Vec<u8> {
     let mut metadata = serde_json::Map::new();
+    for (key, value) in extra_metadata {
+        metadata.insert(key.clone(), value.clone().into());
+    }
     metadata.insert(FORMAT_KEY.into(), FORMAT_VERSION.to_string().into());
     let mut object = serde_json::Map::new();
     for tensor in tensors {

@@ -49,7 +49,7 @@ pub mod format;
 pub mod region;
 pub mod store;
 
-pub use builder::{PendingRegion, RegionBuilder};
+pub use builder::{export_plain, PendingRegion, RegionBuilder};
 pub use error::RegionError;
 pub use format::Dtype;
 pub use region::{AccessHint, LayerView, Region, Verification};
