@@ -38,13 +38,14 @@ mod flat;
 mod held;
 mod ooc_suite;
 mod pool_suite;
+mod region_suite;
 mod scratch;
 pub mod stats;
 
 pub use flat::{FlatBitmap, FlatError};
 
 /// Names of the suites [`run_suite`] knows, in the order they are listed.
-pub const SUITES: &[&str] = &["bitmap", "pool", "disk", "ooc"];
+pub const SUITES: &[&str] = &["bitmap", "pool", "disk", "ooc", "region"];
 
 /// Metric name of a median latency row.
 pub const METRIC_MEDIAN: &str = "median";
@@ -253,6 +254,7 @@ pub fn run_suite(
         "pool" => pool_suite::run(options, progress),
         "disk" => disk_suite::run(options, progress),
         "ooc" => ooc_suite::run(options, progress),
+        "region" => region_suite::run(options, progress),
         _ => Err(BenchError::UnknownSuite {
             name: name.to_owned(),
             known: SUITES,
