@@ -50,6 +50,70 @@ impl AccessHint {
     }
 }
 
+/// The layer index's hasher: a multiply-rotate hash over 8-byte words
+/// (layer names are short; SipHash costs several times more per lookup),
+/// seeded once per process from the standard library's random state so a
+/// crafted file cannot pick colliding names in advance.
+#[derive(Clone, Copy, Debug)]
+pub struct NameHasher {
+    state: u64,
+}
+
+/// Multiplier of [`NameHasher`] (an odd constant with well-mixed bits).
+const NAME_HASH_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            self.state = (self.state ^ word)
+                .wrapping_mul(NAME_HASH_MULTIPLIER)
+                .rotate_left(29);
+        }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        let word = u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56);
+        self.state = (self.state ^ word)
+            .wrapping_mul(NAME_HASH_MULTIPLIER)
+            .rotate_left(29);
+    }
+    fn finish(&self) -> u64 {
+        // A final avalanche so the low bits hashbrown uses depend on every
+        // input bit.
+        let mut h = self.state;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h ^ (h >> 33)
+    }
+}
+
+/// Builds [`NameHasher`]s with the process's seed.
+#[derive(Clone, Copy, Debug)]
+pub struct NameHasherBuilder {
+    seed: u64,
+}
+
+impl Default for NameHasherBuilder {
+    fn default() -> Self {
+        static SEED: OnceLock<u64> = OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        NameHasherBuilder { seed }
+    }
+}
+
+impl std::hash::BuildHasher for NameHasherBuilder {
+    type Hasher = NameHasher;
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher { state: self.seed }
+    }
+}
+
 /// A mapped region file. `Send + Sync`: share it in an `Arc`.
 pub struct Region {
     path: PathBuf,
@@ -57,7 +121,7 @@ pub struct Region {
     /// still mapped: the map covers the whole file).
     map: Mmap,
     header: Header,
-    index: HashMap<Box<str>, u32>,
+    index: HashMap<Box<str>, u32, NameHasherBuilder>,
     /// Per layer: the outcome of its one checksum computation.
     checked: Vec<OnceLock<Result<(), u64>>>,
     checksums_computed: AtomicU64,
@@ -186,7 +250,8 @@ impl Region {
         // contract, as with any mapped file.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| RegionError::io(&path, "mapping", e))?;
         let header = format::parse(&path, &map)?;
-        let mut index = HashMap::with_capacity(header.layers.len());
+        let mut index =
+            HashMap::with_capacity_and_hasher(header.layers.len(), NameHasherBuilder::default());
         for (i, layer) in header.layers.iter().enumerate() {
             index.insert(layer.name.clone().into_boxed_str(), i as u32);
         }
