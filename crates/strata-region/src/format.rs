@@ -17,6 +17,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::RegionError;
+use crate::region::NameHasherBuilder;
 
 /// The format version this crate writes and reads (`strata.format`).
 pub const FORMAT_VERSION: u32 = 1;
@@ -194,8 +195,60 @@ struct RawTensor<'a> {
     data_offsets: [u64; 2],
 }
 
+/// A JSON string borrowed from the header when it has no escapes, owned
+/// when it has (serde's own `Cow` impl always copies).
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor)
+    }
+}
+
+/// The `__metadata__` map, its strings borrowed where possible.
+struct RawMetadata<'a>(Vec<(CowStr<'a>, CowStr<'a>)>);
+
+impl<'de> Deserialize<'de> for RawMetadata<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MetadataVisitor;
+        impl<'de> Visitor<'de> for MetadataVisitor {
+            type Value = RawMetadata<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of strings to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<CowStr<'de>, CowStr<'de>>()? {
+                    entries.push(entry);
+                }
+                Ok(RawMetadata(entries))
+            }
+        }
+        deserializer.deserialize_map(MetadataVisitor)
+    }
+}
+
 struct RawHeader<'a> {
-    metadata: Option<HashMap<String, String>>,
+    metadata: Option<RawMetadata<'a>>,
     metadata_twice: bool,
     tensors: Vec<(Cow<'a, str>, RawTensor<'a>)>,
 }
@@ -214,7 +267,7 @@ impl<'de> Deserialize<'de> for RawHeader<'de> {
                     metadata_twice: false,
                     tensors: Vec::with_capacity(map.size_hint().unwrap_or(0)),
                 };
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
                     if key == METADATA_KEY {
                         header.metadata_twice |= header.metadata.is_some();
                         header.metadata = Some(map.next_value()?);
@@ -302,7 +355,8 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
         ));
     }
     let data_bytes = file_bytes - data_start;
-    let mut names = HashSet::with_capacity(raw.tensors.len());
+    let mut names: HashSet<&str, NameHasherBuilder> =
+        HashSet::with_capacity_and_hasher(raw.tensors.len(), NameHasherBuilder::default());
     let mut all = Vec::with_capacity(raw.tensors.len());
     for (name, tensor) in &raw.tensors {
         let name: &str = name;
@@ -401,18 +455,28 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
     }
     // Strata's metadata.
     let mut format_version = None;
-    let mut checksums: HashMap<&str, u64> = HashMap::new();
-    let mut attributes: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+    let mut checksums: HashMap<&str, u64, NameHasherBuilder> =
+        HashMap::with_capacity_and_hasher(raw.tensors.len(), NameHasherBuilder::default());
+    let mut attributes: HashMap<&str, Vec<(String, String)>, NameHasherBuilder> =
+        HashMap::with_hasher(NameHasherBuilder::default());
     let mut other_metadata = Vec::new();
-    let empty = HashMap::new();
-    let metadata = raw.metadata.as_ref().unwrap_or(&empty);
-    for (key, value) in metadata {
+    let mut seen_keys: HashSet<&str, NameHasherBuilder> = HashSet::with_capacity_and_hasher(
+        raw.metadata.as_ref().map_or(0, |m| m.0.len()),
+        NameHasherBuilder::default(),
+    );
+    let no_metadata = Vec::new();
+    let metadata = raw.metadata.as_ref().map_or(&no_metadata, |m| &m.0);
+    for (CowStr(key), CowStr(value)) in metadata {
+        let (key, value): (&str, &str) = (key, value);
         let bad = |detail: String| {
             header_error(
                 HEADER_LEN_FIELD_BYTES,
                 format!("{METADATA_KEY} entry {key:?}: {detail}"),
             )
         };
+        if !seen_keys.insert(key) {
+            return Err(bad("appears twice".to_string()));
+        }
         if key == FORMAT_KEY {
             let version: u32 = value
                 .parse()
@@ -442,7 +506,7 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
             pairs.sort();
             attributes.insert(layer, pairs);
         } else {
-            other_metadata.push((key.clone(), value.clone()));
+            other_metadata.push((key.to_string(), value.to_string()));
         }
     }
     other_metadata.sort();
