@@ -52,6 +52,8 @@ pub struct RegionBuilder {
     data_bytes: u64,
     pads: u64,
     metadata: Vec<(String, String)>,
+    /// Names added so far (a set, so adding n layers stays O(n)).
+    names: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for RegionBuilder {
@@ -92,6 +94,7 @@ impl RegionBuilder {
             data_bytes: 0,
             pads: 0,
             metadata: Vec::new(),
+            names: std::collections::HashSet::new(),
         })
     }
 
@@ -155,7 +158,7 @@ impl RegionBuilder {
                 format::METADATA_KEY
             )));
         }
-        if self.tensors.iter().any(|t| t.name == name) {
+        if self.names.contains(name) {
             return Err(invalid(
                 "a layer of this name was already added".to_string(),
             ));
@@ -238,6 +241,7 @@ impl RegionBuilder {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         attributes.sort();
+        self.names.insert(name.to_string());
         self.tensors.push(Added {
             name: name.to_string(),
             dtype,

@@ -9,7 +9,7 @@
 //! files pad to 8 bytes only).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -188,16 +188,16 @@ pub struct Header {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTensor<'a> {
+pub(crate) struct RawTensor<'a> {
     #[serde(borrow)]
-    dtype: Cow<'a, str>,
-    shape: Vec<u64>,
-    data_offsets: [u64; 2],
+    pub(crate) dtype: Cow<'a, str>,
+    pub(crate) shape: Vec<u64>,
+    pub(crate) data_offsets: [u64; 2],
 }
 
 /// A JSON string borrowed from the header when it has no escapes, owned
 /// when it has (serde's own `Cow` impl always copies).
-struct CowStr<'a>(Cow<'a, str>);
+pub(crate) struct CowStr<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for CowStr<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -225,7 +225,7 @@ impl<'de> Deserialize<'de> for CowStr<'de> {
 }
 
 /// The `__metadata__` map, its strings borrowed where possible.
-struct RawMetadata<'a>(Vec<(CowStr<'a>, CowStr<'a>)>);
+pub(crate) struct RawMetadata<'a>(pub(crate) Vec<(CowStr<'a>, CowStr<'a>)>);
 
 impl<'de> Deserialize<'de> for RawMetadata<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -247,10 +247,10 @@ impl<'de> Deserialize<'de> for RawMetadata<'de> {
     }
 }
 
-struct RawHeader<'a> {
-    metadata: Option<RawMetadata<'a>>,
-    metadata_twice: bool,
-    tensors: Vec<(Cow<'a, str>, RawTensor<'a>)>,
+pub(crate) struct RawHeader<'a> {
+    pub(crate) metadata: Option<RawMetadata<'a>>,
+    pub(crate) metadata_twice: bool,
+    pub(crate) tensors: Vec<(Cow<'a, str>, RawTensor<'a>)>,
 }
 
 impl<'de> Deserialize<'de> for RawHeader<'de> {
@@ -346,8 +346,11 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
             ),
         ));
     }
-    let raw: RawHeader<'_> = serde_json::from_slice(json)
-        .map_err(|e| header_error(json_error_offset(json, &e), format!("invalid JSON: {e}")))?;
+    let raw: RawHeader<'_> = match crate::scan::scan(json) {
+        Some(raw) => raw,
+        None => serde_json::from_slice(json)
+            .map_err(|e| header_error(json_error_offset(json, &e), format!("invalid JSON: {e}")))?,
+    };
     if raw.metadata_twice {
         return Err(header_error(
             HEADER_LEN_FIELD_BYTES,
@@ -355,12 +358,13 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
         ));
     }
     let data_bytes = file_bytes - data_start;
-    let mut names: HashSet<&str, NameHasherBuilder> =
-        HashSet::with_capacity_and_hasher(raw.tensors.len(), NameHasherBuilder::default());
+    // Name -> position in `all`: duplicate names, and where metadata lands.
+    let mut names: HashMap<&str, usize, NameHasherBuilder> =
+        HashMap::with_capacity_and_hasher(raw.tensors.len(), NameHasherBuilder::default());
     let mut all = Vec::with_capacity(raw.tensors.len());
     for (name, tensor) in &raw.tensors {
         let name: &str = name;
-        if !names.insert(name) {
+        if names.insert(name, all.len()).is_some() {
             return Err(layer_error(name, "appears twice in the header".to_string()));
         }
         let dtype = Dtype::from_name(&tensor.dtype).ok_or_else(|| {
@@ -455,15 +459,9 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
     }
     // Strata's metadata.
     let mut format_version = None;
-    let mut checksums: HashMap<&str, u64, NameHasherBuilder> =
-        HashMap::with_capacity_and_hasher(raw.tensors.len(), NameHasherBuilder::default());
-    let mut attributes: HashMap<&str, Vec<(String, String)>, NameHasherBuilder> =
-        HashMap::with_hasher(NameHasherBuilder::default());
+    let mut checksums: Vec<Option<u64>> = vec![None; all.len()];
+    let mut attributes: Vec<Option<Vec<(String, String)>>> = vec![None; all.len()];
     let mut other_metadata = Vec::new();
-    let mut seen_keys: HashSet<&str, NameHasherBuilder> = HashSet::with_capacity_and_hasher(
-        raw.metadata.as_ref().map_or(0, |m| m.0.len()),
-        NameHasherBuilder::default(),
-    );
     let no_metadata = Vec::new();
     let metadata = raw.metadata.as_ref().map_or(&no_metadata, |m| &m.0);
     for (CowStr(key), CowStr(value)) in metadata {
@@ -474,9 +472,7 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
                 format!("{METADATA_KEY} entry {key:?}: {detail}"),
             )
         };
-        if !seen_keys.insert(key) {
-            return Err(bad("appears twice".to_string()));
-        }
+        let twice = || bad("appears twice".to_string());
         if key == FORMAT_KEY {
             let version: u32 = value
                 .parse()
@@ -486,42 +482,56 @@ pub fn parse(path: &Path, file: &[u8]) -> Result<Header, RegionError> {
                     "format version {version}; this reader knows 1 to {FORMAT_VERSION}"
                 )));
             }
-            format_version = Some(version);
-        } else if let Some(layer) = key.strip_prefix(CHECKSUM_KEY_PREFIX) {
-            if !names.contains(layer) {
-                return Err(bad("names no layer of the file".to_string()));
+            if format_version.replace(version).is_some() {
+                return Err(twice());
             }
+        } else if let Some(layer) = key.strip_prefix(CHECKSUM_KEY_PREFIX) {
+            let &index = names
+                .get(layer)
+                .ok_or_else(|| bad("names no layer of the file".to_string()))?;
             let valid = value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit());
             let checksum = u64::from_str_radix(value, 16).ok().filter(|_| valid);
             let checksum =
                 checksum.ok_or_else(|| bad(format!("{value:?} is not 16 hexadecimal digits")))?;
-            checksums.insert(layer, checksum);
-        } else if let Some(layer) = key.strip_prefix(ATTRS_KEY_PREFIX) {
-            if !names.contains(layer) {
-                return Err(bad("names no layer of the file".to_string()));
+            if checksums[index].replace(checksum).is_some() {
+                return Err(twice());
             }
+        } else if let Some(layer) = key.strip_prefix(ATTRS_KEY_PREFIX) {
+            let &index = names
+                .get(layer)
+                .ok_or_else(|| bad("names no layer of the file".to_string()))?;
             let map: HashMap<String, String> = serde_json::from_str(value)
                 .map_err(|e| bad(format!("not a JSON object of strings: {e}")))?;
             let mut pairs: Vec<(String, String)> = map.into_iter().collect();
             pairs.sort();
-            attributes.insert(layer, pairs);
+            if attributes[index].replace(pairs).is_some() {
+                return Err(twice());
+            }
         } else {
             other_metadata.push((key.to_string(), value.to_string()));
         }
     }
     other_metadata.sort();
+    if let Some(pair) = other_metadata.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(header_error(
+            HEADER_LEN_FIELD_BYTES,
+            format!("{METADATA_KEY} entry {:?}: appears twice", pair[0].0),
+        ));
+    }
     let layers = order
         .iter()
-        .map(|&i| all[i])
-        .filter(|(name, ..)| !name.starts_with(PAD_LAYER_PREFIX))
-        .map(|(name, dtype, shape, begin, end)| LayerEntry {
-            name: name.to_string(),
-            dtype,
-            shape: shape.clone(),
-            begin,
-            end,
-            checksum: checksums.get(name).copied(),
-            attributes: attributes.remove(name).unwrap_or_default(),
+        .filter(|&&i| !all[i].0.starts_with(PAD_LAYER_PREFIX))
+        .map(|&i| {
+            let (name, dtype, shape, begin, end) = all[i];
+            LayerEntry {
+                name: name.to_string(),
+                dtype,
+                shape: shape.clone(),
+                begin,
+                end,
+                checksum: checksums[i],
+                attributes: attributes[i].take().unwrap_or_default(),
+            }
         })
         .collect();
     Ok(Header {

@@ -47,6 +47,7 @@ pub mod builder;
 pub mod error;
 pub mod format;
 pub mod region;
+mod scan;
 pub mod store;
 
 pub use builder::{export_plain, PendingRegion, RegionBuilder};
